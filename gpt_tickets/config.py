@@ -226,6 +226,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         return dict(value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if annotation in (int, float, str, bool):
         ok = isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
         _check(ok, f"{key}={value!r} must be of type {annotation.__name__}")

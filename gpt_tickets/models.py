@@ -1,0 +1,67 @@
+"""Building the causal LM (from a config or pre-trained weights) and moving its parameters to and from disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from .config import ConfigError, ModelConfig
+from .io import atomic_save_tensors
+
+
+def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A freshly initialised model (init=scratch, seeded) or pre-trained weights loaded via safetensors only."""
+    if cfg.init == "pretrained":
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                cfg.name_or_path, revision=cfg.revision, use_safetensors=True, trust_remote_code=False
+            )
+        except Exception as err:  # transformers raises OSError, ValueError, EnvironmentError ... here
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"model.name_or_path={cfg.name_or_path!r} cannot be loaded (offline cache, local folder with "
+                f"safetensors weights, or the Hub): {reason}"
+            ) from None
+    try:
+        config = AutoConfig.for_model(
+            cfg.model_type,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **cfg.config,
+        )
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model.model_type={cfg.model_type!r} / model.config: {err}") from None
+    return random_init(config, seed)
+
+
+def random_init(config, seed: int) -> PreTrainedModel:
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def context_length(model: PreTrainedModel) -> int:
+    config = model.config
+    return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
+
+
+def parameters_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of every parameter (tied weights once), the unit of rewinding and round hand-over."""
+    return {name: p.detach().to("cpu", copy=True).contiguous() for name, p in model.named_parameters()}
+
+
+def save_parameters(model: torch.nn.Module, path: str | Path) -> None:
+    atomic_save_tensors(parameters_cpu(model), path)
+
+
+@torch.no_grad()
+def load_parameters(model: torch.nn.Module, source: str | Path | dict[str, torch.Tensor]) -> None:
+    tensors = load_file(str(source)) if isinstance(source, (str, Path)) else source
+    names = {name for name, _ in model.named_parameters()}
+    if set(tensors) != names:
+        raise ValueError(f"parameter file does not match the model: differs in {sorted(set(tensors) ^ names)[:3]}")
+    for name, value in tensors.items():
+        model.get_parameter(name).copy_(value)

@@ -1,0 +1,27 @@
+"""The per-round table, one formatter for the terminal and the model card."""
+
+from __future__ import annotations
+
+COLUMNS = ("round", "run", "sparsity", "attention", "MLP", "val ppl", "steps", "seconds")
+
+
+def _row(result: dict) -> list[str]:
+    return [
+        str(result["round"]),
+        result["kind"],
+        f"{result['sparsity']:.1%}",
+        f"{result['attention_sparsity']:.1%}",
+        f"{result['mlp_sparsity']:.1%}",
+        f"{result['val_perplexity']:.2f}",
+        str(result["train_steps"]),
+        f"{result['wall_seconds']:.1f}",
+    ]
+
+
+def results_table(summary: dict) -> str:
+    """A Markdown table of every round and control in ``summary`` (the content of results.json)."""
+    rows = [list(COLUMNS)] + [_row(r) for r in summary["rounds"] + summary.get("controls", [])]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
