@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 from accelerate import Accelerator
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel
 
 from .architectures import prunable_weights
 from .config import ConfigError, RunConfig
@@ -60,9 +60,8 @@ class RunDir:
         )
 
 
-def _tokenizer(cfg: RunConfig, run: RunDir, train_texts: list[str], acc: Accelerator) -> PreTrainedTokenizerBase:
-    if cfg.model.init == "pretrained":
-        return load_pretrained_tokenizer(cfg.model.name_or_path, cfg.model.revision)
+def _trained_tokenizer(cfg: RunConfig, run: RunDir, train_texts: list[str], acc: Accelerator):
+    """A BPE trained on the train split for init=scratch, saved with the run so the ticket can use it."""
     with acc.main_process_first():  # rank 0 trains and saves it; the others read the same files
         if run.tokenizer.exists():
             return AutoTokenizer.from_pretrained(run.tokenizer)
@@ -97,14 +96,14 @@ def find_ticket(cfg: RunConfig, accelerator: Accelerator | None = None) -> dict:
     )
     run = RunDir(cfg.output_dir)
     train_texts, val_texts = load_text_splits(cfg.data)
-    tokenizer = None if cfg.model.init == "scratch" else _tokenizer(cfg, run, train_texts, acc)
-    if tokenizer is not None:
-        model = build_model(cfg.model, tokenizer, cfg.seed)  # fails fast, before anything is written
+    if cfg.model.init == "pretrained":  # fails fast, before anything is written
+        model = build_model(cfg.model, None, cfg.seed)
+        tokenizer = load_pretrained_tokenizer(cfg.model.name_or_path, cfg.model.revision)
     if acc.is_main_process:
         run.claim(cfg)
     acc.wait_for_everyone()
-    if tokenizer is None:
-        tokenizer = _tokenizer(cfg, run, train_texts, acc)
+    if cfg.model.init == "scratch":
+        tokenizer = _trained_tokenizer(cfg, run, train_texts, acc)
         model = build_model(cfg.model, tokenizer, cfg.seed)
     if cfg.data.block_size > context_length(model):
         raise ConfigError(f"data.block_size={cfg.data.block_size} exceeds the model's context {context_length(model)}")

@@ -12,8 +12,11 @@ from .config import ConfigError, ModelConfig
 from .io import atomic_save_tensors
 
 
-def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
-    """A freshly initialised model (init=scratch, seeded) or pre-trained weights loaded via safetensors only."""
+def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None, seed: int) -> PreTrainedModel:
+    """A freshly initialised model (init=scratch, seeded, sized to ``tokenizer``) or pre-trained weights.
+
+    Pre-trained weights are read from safetensors only and never with remote code.
+    """
     if cfg.init == "pretrained":
         try:
             return AutoModelForCausalLM.from_pretrained(
@@ -25,6 +28,7 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int)
                 f"model.name_or_path={cfg.name_or_path!r} cannot be loaded (offline cache, local folder with "
                 f"safetensors weights, or the Hub): {reason}"
             ) from None
+    assert tokenizer is not None, "init=scratch sizes the model to its tokenizer"
     try:
         config = AutoConfig.for_model(
             cfg.model_type,

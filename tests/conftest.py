@@ -5,3 +5,26 @@ import os
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+# A run small enough for tests (seconds on 2 cores) that still goes through every phase of the real loop.
+MICRO = [
+    "--model.config",
+    "{n_layer: 2, n_embd: 32, n_head: 2, n_positions: 32, resid_pdrop: 0.0, embd_pdrop: 0.0, attn_pdrop: 0.0}",
+    "--data.block_size", "32",
+    "--data.vocab_size", "300",
+    "--data.max_validation_tokens", "1024",
+    "--train.steps", "8",
+    "--train.batch_size", "4",
+    "--prune.rounds", "2",
+    "--prune.fraction", "0.5",
+    "--prune.rewind_step", "3",
+    "--eval.batch_size", "8",
+]  # fmt: skip
+
+
+@pytest.fixture
+def micro(tmp_path):
+    """Overrides for a micro run into a fresh directory."""
+    return [*MICRO, "--output_dir", str(tmp_path / "run")]

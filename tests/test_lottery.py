@@ -1,0 +1,163 @@
+"""The whole ticket loop on a micro config: invariants of masks, rewinding, saving and export."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gpt_tickets import lottery
+from gpt_tickets.config import load_config
+from gpt_tickets.data import load_text_splits, tokenize_stream
+from gpt_tickets.evaluation import perplexity
+from gpt_tickets.masks import Mask
+from gpt_tickets.training import Trainer
+
+
+@pytest.fixture
+def observed(monkeypatch):
+    """Wrap Trainer.train to record, per call, the weights it starts from and those at every step."""
+    calls = []
+    original = Trainer.train
+
+    def train(self, masked, on_step=None, desc="train"):
+        plain = self.accelerator.unwrap_model(self.model)
+        call = {
+            "desc": desc,
+            "start": {n: p.detach().clone() for n, p in plain.named_parameters()},
+            "leaks": 0,
+            "at_step": {},
+        }
+        calls.append(call)
+
+        def watch(step):
+            call["leaks"] += sum(int(p[m == 0].count_nonzero()) for p, m in masked.pairs)
+            call["at_step"][step] = {n: p.detach().clone() for n, p in plain.named_parameters()}
+            optimizer = self.optimizer.optimizer
+            for p, m in masked.pairs:  # Adam moments of pruned weights stay exactly zero
+                state = optimizer.state[p]
+                call["leaks"] += int(state["exp_avg"][m == 0].count_nonzero())
+                call["leaks"] += int(state["exp_avg_sq"][m == 0].count_nonzero())
+            if on_step is not None:
+                on_step(step)
+
+        call["outcome"] = original(self, masked, on_step=watch, desc=desc)
+        return call["outcome"]
+
+    monkeypatch.setattr(Trainer, "train", train)
+    return calls
+
+
+def test_micro_run_invariants(micro, observed):
+    cfg = load_config(None, micro)
+    summary = lottery.find_ticket(cfg)
+    run = lottery.RunDir(cfg.output_dir)
+
+    # sparsity per round is exactly 1-(1-p)^r (p = 0.5 on an even count: no rounding)
+    assert [r["sparsity"] for r in summary["rounds"]] == [0.0, 0.5, 0.75]
+    assert summary["complete"] and summary["controls"][0]["kind"] == "control:random_reinit"
+    assert [c["desc"] for c in observed] == ["round 0", "round 1", "round 2", "control random_reinit"]
+
+    # pruned weights never become non-zero, and Adam keeps no moments for them
+    assert all(c["leaks"] == 0 for c in observed)
+    for r in (1, 2):
+        mask = Mask.load(run.round(r) / "mask.safetensors")
+        assert 1 - mask.num_remaining() / mask.numel() == summary["rounds"][r]["sparsity"]
+
+    # the rewind point is the step-k weights of dense training, bitwise
+    rewind = load_file(str(run.rewind))
+    step_k = observed[0]["at_step"][cfg.prune.rewind_step]
+    assert all(torch.equal(rewind[n], step_k[n]) for n in rewind)
+
+    # every later round starts from them (all parameters, not only the prunable ones), bitwise
+    for r in (1, 2):
+        assert all(torch.equal(observed[r]["start"][n], rewind[n]) for n in rewind)
+
+    # the ticket: plain transformers loads it, zeros exactly where the masks are 0, same perplexity as reported
+    model = AutoModelForCausalLM.from_pretrained(run.ticket)
+    tokenizer = AutoTokenizer.from_pretrained(run.ticket)
+    saved_masks = Mask.load(run.ticket / "ticket_masks.safetensors")
+    final_mask = Mask.load(run.round(2) / "mask.safetensors")
+    assert set(saved_masks) == set(final_mask)
+    saved_weights = load_file(str(run.ticket / "model.safetensors"))
+    for name, m in saved_masks.items():
+        assert torch.equal(m, final_mask[name])
+        assert not model.get_parameter(name)[~m].any()
+        assert not saved_weights[name][~m].any()
+        assert model.get_parameter(name)[m].count_nonzero() == m.sum()  # survivors are really trained values
+    _, val_texts = load_text_splits(cfg.data)
+    ids = tokenize_stream(val_texts, tokenizer)[: cfg.data.max_validation_tokens]
+    ppl = perplexity(model, ids, max_length=cfg.data.block_size, batch_size=cfg.eval.batch_size)
+    assert ppl.perplexity == pytest.approx(summary["rounds"][-1]["val_perplexity"], rel=1e-5)
+
+    ticket_cfg = json.loads((run.ticket / "ticket_config.json").read_text())
+    assert ticket_cfg["sparsity"]["overall"] == 0.75 and ticket_cfg["rounds"] == 2
+    assert "| 2     | imp " in (run.ticket / "README.md").read_text()
+    results = json.loads(run.results.read_text())
+    assert results["complete"] and len(results["rounds"]) == 3
+
+
+def test_same_config_same_results_and_resume_skips_finished_rounds(micro, observed):
+    cfg = load_config(None, micro)
+    first = lottery.find_ticket(cfg)
+    again = lottery.find_ticket(cfg)  # every phase's output exists: nothing is retrained
+    assert again == first and len(observed) == 4
+
+    other = load_config(None, [*micro[:-1], micro[-1] + "-fresh"])
+    fresh = lottery.find_ticket(other)
+
+    def strip(summary):
+        return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in summary["rounds"] + summary["controls"]]
+
+    assert strip(fresh) == strip(first)
+
+
+def test_mismatched_config_is_refused(micro):
+    cfg = load_config(None, micro)
+    lottery.RunDir(cfg.output_dir).claim(cfg)
+    changed = load_config(None, [*micro, "--prune.fraction", "0.3"])
+    with pytest.raises(lottery.ConfigError, match="holds a run of a different config"):
+        lottery.find_ticket(changed)
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "gpt_tickets.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_cli_micro_end_to_end(micro, tmp_path):
+    result = run_cli("find", *micro)
+    assert result.returncode == 0, result.stderr
+    assert "| 2     | imp " in result.stdout and "control:random_reinit" in result.stdout
+    assert (tmp_path / "run" / "ticket" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prune.roudns", "3"], "unknown config key prune.roudns; did you mean prune.rounds?"),
+        (["--prune.fraction", "1.5"], "prune.fraction=1.5 must be in (0, 1)"),
+        (["--prune.rounds", "0"], "prune.rounds=0 must be >= 1"),
+        (["--prune.rewind_step", "99"], "prune.rewind_step=99 is beyond train.steps=8"),
+        (
+            ["--data.source", "files", "--data.train_files", "[missing.txt]", "--data.validation_files", "[v.txt]"],
+            "data file 'missing.txt' does not exist",
+        ),
+        (
+            ["--model.init", "pretrained", "--model.name_or_path", "no-such-org/no-such-model"],
+            "model.name_or_path='no-such-org/no-such-model' cannot be loaded",
+        ),
+        (["--config", "nope.yaml"], "config file 'nope.yaml' does not exist"),
+    ],
+)
+def test_cli_bad_input_one_line_exit_2_nothing_written(micro, tmp_path, args, message):
+    result = run_cli("find", *micro, *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("gpt-tickets: error")]) == 1
+    assert not (tmp_path / "run").exists()
