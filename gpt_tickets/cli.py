@@ -12,12 +12,13 @@ from .config import ConfigError, load_config
 
 
 def _find(args: argparse.Namespace, overrides: list[str]) -> int:
+    cfg = load_config(args.config, overrides)  # before the heavy imports: a typo fails in a fraction of a second
+
     from accelerate import PartialState
 
     from .lottery import find_ticket
     from .report import results_table
 
-    cfg = load_config(args.config, overrides)
     summary = find_ticket(cfg)
     if PartialState().is_main_process:
         print(results_table(summary))

@@ -107,7 +107,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = field(default=300, metadata={"help": "optimizer steps per round (the same every round)"})
+    steps: int = field(default=200, metadata={"help": "optimizer steps per round (the same every round)"})
     batch_size: int = field(default=16, metadata={"help": "blocks per device per micro-batch"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})

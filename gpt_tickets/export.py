@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .config import RunConfig
 from .io import atomic_write_json, replace_dir
 from .masks import Mask, sparsity_report
-from .report import results_table
+from .report import per_layer_table, results_table
 
 FORMAT_VERSION = 1
 MASKS_FILE = "ticket_masks.safetensors"
@@ -75,6 +75,10 @@ rounds, each pruning {cfg.prune.fraction:.0%} of the remaining {", ".join(cfg.pr
 {cfg.train.steps} steps. Validation perplexity on {_dataset_name(cfg)} with windows of {cfg.data.block_size} tokens.
 
 {results_table(summary)}
+
+Sparsity of the ticket per layer:
+
+{per_layer_table(tcfg["per_layer_sparsity"])}
 
 ## Load it
 

@@ -21,7 +21,15 @@ from .evaluation import perplexity
 from .export import export_ticket
 from .io import atomic_write_json, atomic_write_text
 from .masks import Mask, MaskedParameters, sparsity_report
-from .models import build_model, context_length, load_parameters, parameters_cpu, random_init, save_parameters
+from .models import (
+    build_model,
+    check_context,
+    load_parameters,
+    parameters_cpu,
+    random_init,
+    save_parameters,
+    scratch_config,
+)
 from .pruning import magnitude_prune
 from .training import Trainer
 
@@ -45,8 +53,11 @@ class RunDir:
         return self.root / "controls" / name
 
     def claim(self, cfg: RunConfig) -> None:
-        """Create the directory for ``cfg``, or accept it if it already holds a run of the same config."""
-        if self.config.exists():
+        """Create the directory for ``cfg``, or accept it if it holds a run of the same config.
+
+        A directory where no round has finished yet holds nothing worth protecting and is taken over.
+        """
+        if self.config.exists() and (self.round(0) / "result.json").exists():
             theirs = yaml.safe_load(self.config.read_text()).get("fingerprint")
             if theirs != cfg.fingerprint():
                 raise ConfigError(
@@ -99,14 +110,15 @@ def find_ticket(cfg: RunConfig, accelerator: Accelerator | None = None) -> dict:
     if cfg.model.init == "pretrained":  # fails fast, before anything is written
         model = build_model(cfg.model, None, cfg.seed)
         tokenizer = load_pretrained_tokenizer(cfg.model.name_or_path, cfg.model.revision)
+        check_context(cfg.data.block_size, model.config)
+    else:
+        check_context(cfg.data.block_size, scratch_config(cfg.model))
     if acc.is_main_process:
         run.claim(cfg)
     acc.wait_for_everyone()
     if cfg.model.init == "scratch":
         tokenizer = _trained_tokenizer(cfg, run, train_texts, acc)
         model = build_model(cfg.model, tokenizer, cfg.seed)
-    if cfg.data.block_size > context_length(model):
-        raise ConfigError(f"data.block_size={cfg.data.block_size} exceeds the model's context {context_length(model)}")
 
     with acc.main_process_first():
         train_blocks = group_into_blocks(train_texts, tokenizer, cfg.data.block_size)

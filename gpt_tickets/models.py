@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    CONFIG_MAPPING,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from .config import ConfigError, ModelConfig
 from .io import atomic_save_tensors
@@ -29,16 +36,9 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None, see
                 f"safetensors weights, or the Hub): {reason}"
             ) from None
     assert tokenizer is not None, "init=scratch sizes the model to its tokenizer"
-    try:
-        config = AutoConfig.for_model(
-            cfg.model_type,
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **cfg.config,
-        )
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"model.model_type={cfg.model_type!r} / model.config: {err}") from None
+    config = scratch_config(
+        cfg, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
     return random_init(config, seed)
 
 
@@ -47,9 +47,29 @@ def random_init(config, seed: int) -> PreTrainedModel:
     return AutoModelForCausalLM.from_config(config)
 
 
-def context_length(model: PreTrainedModel) -> int:
-    config = model.config
-    return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
+def scratch_config(cfg: ModelConfig, **overrides) -> PretrainedConfig:
+    """The transformers config of an init=scratch model; bad ``model.config`` keys fail here, before any work."""
+    if cfg.model_type not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(cfg.model_type, list(CONFIG_MAPPING), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"model.model_type={cfg.model_type!r} is not a transformers model type{hint}")
+    config_class = CONFIG_MAPPING[cfg.model_type]
+    known = set(config_class().to_dict()) | set(config_class.attribute_map)
+    for key in cfg.config:  # transformers configs accept any keyword silently: a typo would be ignored
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean model.config.{close[0]}?" if close else ""
+            raise ConfigError(f"unknown key model.config.{key} for model_type {cfg.model_type}{hint}")
+    try:
+        return config_class(**{**cfg.config, **overrides})
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model.config={cfg.config} is not valid for {cfg.model_type}: {err}") from None
+
+
+def check_context(block_size: int, config: PretrainedConfig) -> None:
+    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if context is not None and block_size > context:
+        raise ConfigError(f"data.block_size={block_size} exceeds the model's context of {context} tokens")
 
 
 def parameters_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,8 +1,10 @@
 """The whole ticket loop on a micro config: invariants of masks, rewinding, saving and export."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,13 +116,17 @@ def test_same_config_same_results_and_resume_skips_finished_rounds(micro, observ
 
     assert strip(fresh) == strip(first)
 
-
-def test_mismatched_config_is_refused(micro):
-    cfg = load_config(None, micro)
-    lottery.RunDir(cfg.output_dir).claim(cfg)
     changed = load_config(None, [*micro, "--prune.fraction", "0.3"])
     with pytest.raises(lottery.ConfigError, match="holds a run of a different config"):
         lottery.find_ticket(changed)
+
+
+def test_directory_with_no_finished_round_is_taken_over(micro):
+    cfg = load_config(None, micro)
+    lottery.RunDir(cfg.output_dir).claim(cfg)  # e.g. a run that failed before round 0 ended
+    changed = load_config(None, [*micro, "--prune.fraction", "0.3"])
+    lottery.RunDir(cfg.output_dir).claim(changed)
+    assert changed.fingerprint() in lottery.RunDir(cfg.output_dir).config.read_text()
 
 
 def run_cli(*args, cwd=None):
@@ -152,6 +158,9 @@ def test_cli_micro_end_to_end(micro, tmp_path):
             "model.name_or_path='no-such-org/no-such-model' cannot be loaded",
         ),
         (["--config", "nope.yaml"], "config file 'nope.yaml' does not exist"),
+        (["--data.block_size", "64"], "data.block_size=64 exceeds the model's context of 32 tokens"),
+        (["--model.config", "{n_layers: 2}"], "unknown key model.config.n_layers for model_type gpt2; did you mean"),
+        (["--model.model_type", "gtp2"], "model.model_type='gtp2' is not a transformers model type; did you mean"),
     ],
 )
 def test_cli_bad_input_one_line_exit_2_nothing_written(micro, tmp_path, args, message):
@@ -161,3 +170,65 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(micro, tmp_path, args, me
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("gpt-tickets: error")]) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_pretrained_init_rewinds_to_the_pretrained_weights(micro, tmp_path):
+    """init=pretrained from a local folder (as a Hub id would be cached): k=0 rewinds to those very weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gpt_tickets.data import train_tokenizer
+
+    _, val_texts = load_text_splits(load_config(None).data)
+    tokenizer = train_tokenizer(val_texts, 300)
+    torch.manual_seed(1)
+    base = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=32,
+            n_head=2,
+            n_positions=32,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+
+    cfg = load_config(
+        None,
+        [
+            *micro,
+            "--model.init",
+            "pretrained",
+            "--model.name_or_path",
+            str(tmp_path / "base"),
+            "--prune.rewind_step",
+            "0",
+            "--prune.rounds",
+            "1",
+            "--controls",
+            "[]",
+        ],
+    )
+    summary = lottery.find_ticket(cfg)
+    rewind = load_file(str(lottery.RunDir(cfg.output_dir).rewind))
+    assert all(torch.equal(rewind[n], p) for n, p in base.named_parameters())
+    card = (lottery.RunDir(cfg.output_dir).ticket / "README.md").read_text()
+    assert f"base_model: {tmp_path / 'base'}" in card
+    assert summary["rounds"][1]["sparsity"] == 0.5
+
+
+def test_accelerate_launch_runs_the_same_code_without_any_accelerate_config(micro, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "find_ticket.py"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home")}  # no accelerate config file can be found there
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", str(script), *micro],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| 2     | imp " in result.stdout
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["complete"]

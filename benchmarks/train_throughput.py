@@ -1,0 +1,80 @@
+"""Training throughput of the masked model vs the same dense model, measured in one run.
+
+Both go through the real ``Trainer`` (Accelerate, AdamW, clipping); the dense run uses an empty mask, so the
+only difference is the masking work in the step. Runs alternate (dense, masked, dense, ...) so drift in the
+machine's speed hits both alike; the ratio is the median of the per-pair ratios. Target: >= 0.97.
+
+    python benchmarks/train_throughput.py [--steps 40] [--repeats 5] [--write BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from accelerate import Accelerator
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from benchmarks.common import machine_description, write_section
+from gpt_tickets.architectures import prunable_weights
+from gpt_tickets.config import TINY_GPT2, TrainConfig
+from gpt_tickets.masks import Mask, MaskedParameters
+from gpt_tickets.pruning import magnitude_prune
+from gpt_tickets.training import Trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per timed run")
+    parser.add_argument("--repeats", type=int, default=5, help="dense/masked pairs")
+    parser.add_argument("--vocab-size", type=int, default=2048)
+    parser.add_argument("--sparsity-rounds", type=int, default=5, help="IMP rounds at p=0.2 for the mask")
+    parser.add_argument("--write", default=None, help="update this Markdown file's section")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=args.vocab_size, bos_token_id=0, eos_token_id=0, **TINY_GPT2)
+    model = GPT2LMHeadModel(config)
+    blocks = torch.randint(0, args.vocab_size, (64 * 16, config.n_positions))
+    trainer = Trainer(Accelerator(), model, blocks, TrainConfig(steps=args.steps, batch_size=16), seed=0)
+    plain = trainer.accelerator.unwrap_model(trainer.model)
+
+    mask = Mask.ones_like(plain, prunable_weights(plain, ["attention", "mlp"]))
+    for _ in range(args.sparsity_rounds):
+        mask = magnitude_prune(dict(plain.named_parameters()), mask, 0.2, "global")
+    sparsity = 1 - mask.num_remaining() / mask.numel()
+    dense, masked = MaskedParameters(plain, Mask()), MaskedParameters(plain, mask)
+
+    trainer.train(dense, desc="warm-up")
+    rates: dict[str, list[float]] = {"dense": [], "masked": []}
+    for _ in range(args.repeats):
+        for name, params in (("dense", dense), ("masked", masked)):
+            outcome = trainer.train(params, desc=name)
+            rates[name].append(outcome.steps / outcome.seconds)
+    ratios = [m / d for m, d in zip(rates["masked"], rates["dense"], strict=True)]
+    ratio = statistics.median(ratios)
+
+    lines = [
+        f"Tiny GPT-2 ({config.n_layer} layers, {config.n_embd} wide, vocabulary {args.vocab_size}), batch 16 x "
+        f"{config.n_positions} tokens, AdamW, {args.steps} steps per run, {args.repeats} alternating pairs; "
+        f"mask at {sparsity:.1%} sparsity over {mask.numel():,} attention + MLP weights.",
+        "",
+        "| run | steps/s (median) |",
+        "|---|---|",
+        f"| dense | {statistics.median(rates['dense']):.2f} |",
+        f"| masked | {statistics.median(rates['masked']):.2f} |",
+        "",
+        f"**masked / dense throughput: {ratio:.3f}** (per-pair ratios {', '.join(f'{r:.3f}' for r in ratios)}; "
+        f"target >= 0.97). Steps/s are CPU figures for scale only; the ratio is the result.",
+        "",
+        f"Machine: {machine_description()}",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        write_section(args.write, "Training throughput: masked vs dense", text)
+
+
+if __name__ == "__main__":
+    main()
