@@ -24,6 +24,7 @@ INITS = ("scratch", "pretrained")
 DATA_SOURCES = ("embedded", "hub", "files")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 CONTROLS = ("random_reinit",)
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio")
 
 # The embedded default: small enough that the whole ticket loop runs in minutes on 2 CPU cores.
 TINY_GPT2 = {
@@ -108,8 +109,13 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     steps: int = field(default=200, metadata={"help": "optimizer steps per round (the same every round)"})
-    batch_size: int = field(default=16, metadata={"help": "blocks per device per micro-batch"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    batch_size: int = field(
+        default=16, metadata={"help": "global batch: blocks per optimizer step, over all processes"}
+    )
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "blocks per device per forward pass (None: batch_size / processes); accumulation is derived"},
+    )
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
@@ -117,14 +123,28 @@ class TrainConfig:
     mixed_precision: str | None = field(
         default=None, metadata={"help": "no, bf16 or fp16; None takes the accelerate config's choice"}
     )
+    checkpoint_every: int = field(
+        default=50,
+        metadata={"help": "save a resumable checkpoint every N steps inside a round (0: only at round ends)"},
+    )
+
+    def batch_layout(self, num_processes: int) -> tuple[int, int]:
+        """(micro-batch per device, gradient accumulation steps) giving exactly ``batch_size`` per optimizer step."""
+        micro = self.micro_batch_size or self.batch_size // num_processes
+        per_pass = micro * num_processes
+        _check(
+            micro >= 1 and self.batch_size % per_pass == 0,
+            f"train.batch_size={self.batch_size} is not a multiple of micro_batch_size={micro} x {num_processes} "
+            f"processes; choose a global batch divisible by the world size (and by micro_batch_size)",
+        )
+        return micro, self.batch_size // per_pass
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"train.steps={self.steps} must be >= 1")
         _check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1")
-        _check(
-            self.gradient_accumulation_steps >= 1,
-            f"train.gradient_accumulation_steps={self.gradient_accumulation_steps} must be >= 1",
-        )
+        if self.micro_batch_size is not None:
+            _check(self.micro_batch_size >= 1, f"train.micro_batch_size={self.micro_batch_size} must be >= 1")
+        _check(self.checkpoint_every >= 0, f"train.checkpoint_every={self.checkpoint_every} must be >= 0")
         _check(self.lr > 0, f"train.lr={self.lr} must be > 0")
         _check(0 <= self.warmup_steps < self.steps, f"train.warmup_steps={self.warmup_steps} must be in [0, steps)")
         _check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
@@ -165,6 +185,20 @@ class EvalConfig:
 
 
 @dataclass
+class TrackConfig:
+    log_with: list[str] = field(
+        default_factory=list, metadata={"help": "accelerate trackers, e.g. [tensorboard] or [wandb]; [] is off"}
+    )
+    project_name: str = field(default="gpt_tickets", metadata={"help": "tracker project / run group name"})
+    log_every: int = field(default=10, metadata={"help": "log loss and lr every N optimizer steps"})
+
+    def __post_init__(self) -> None:
+        for tracker in self.log_with:
+            _one_of("track.log_with[]", tracker, TRACKERS)
+        _check(self.log_every >= 1, f"track.log_every={self.log_every} must be >= 1")
+
+
+@dataclass
 class RunConfig:
     output_dir: str = field(default="runs/tiny", metadata={"help": "run directory (results, masks, ticket)"})
     seed: int = field(default=0, metadata={"help": "seed of init, data order and controls"})
@@ -173,6 +207,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
     controls: list[str] = field(
         default_factory=lambda: ["random_reinit"], metadata={"help": "control runs on the final mask"}
     )
@@ -195,9 +230,14 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of everything that affects results (output_dir excluded), naming a run's identity."""
+        """Hash of everything that affects results, naming a run's identity.
+
+        Where results go, how often they are checkpointed and what logs them does not change them.
+        """
         payload = self.to_dict()
         payload.pop("output_dir")
+        payload.pop("track")
+        payload["train"].pop("checkpoint_every")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

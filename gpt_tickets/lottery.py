@@ -8,13 +8,18 @@ when the same command runs again, and controls are cheap branches off the saved 
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 import yaml
 from accelerate import Accelerator
-from transformers import AutoTokenizer, PreTrainedModel
+from accelerate.utils import gather_object
+from transformers import AutoTokenizer
 
 from .architectures import prunable_weights
+from .checkpoints import Checkpoints
 from .config import ConfigError, RunConfig
 from .data import group_into_blocks, load_pretrained_tokenizer, load_text_splits, tokenize_stream, train_tokenizer
 from .evaluation import perplexity
@@ -43,7 +48,9 @@ class RunDir:
     config = property(lambda self: self.root / "config.yaml")
     results = property(lambda self: self.root / "results.json")
     tokenizer = property(lambda self: self.root / "tokenizer")
+    init = property(lambda self: self.root / "init.safetensors")
     rewind = property(lambda self: self.root / "rewind.safetensors")
+    checkpoints = property(lambda self: self.root / "checkpoints")
     ticket = property(lambda self: self.root / "ticket")
 
     def round(self, r: int) -> Path:
@@ -83,7 +90,7 @@ def _trained_tokenizer(cfg: RunConfig, run: RunDir, train_texts: list[str], acc:
         return tokenizer
 
 
-def _round_result(kind: str, r: int, mask: Mask, model_type: str, outcome, ppl) -> dict:
+def _phase_result(kind: str, r: int, mask: Mask, model_type: str, outcome, ppl) -> dict:
     report = sparsity_report(mask, model_type)
     return {
         "round": r,
@@ -97,132 +104,211 @@ def _round_result(kind: str, r: int, mask: Mask, model_type: str, outcome, ppl) 
         "final_train_loss": outcome.final_loss,
         "wall_seconds": round(outcome.seconds, 2),
         "per_layer_sparsity": report["per_layer"],
+        "mask_checksum": mask_checksum(mask),
     }
+
+
+def mask_checksum(mask: Mask) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(mask):
+        digest.update(name.encode())
+        digest.update(mask[name].numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def find_ticket(cfg: RunConfig, accelerator: Accelerator | None = None) -> dict:
     """Run IMP with rewinding as ``cfg`` says; returns the content of ``results.json``."""
     acc = accelerator or Accelerator(
-        mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps
+        mixed_precision=cfg.train.mixed_precision,
+        log_with=cfg.track.log_with or None,
+        project_dir=cfg.output_dir,
     )
-    run = RunDir(cfg.output_dir)
-    train_texts, val_texts = load_text_splits(cfg.data)
-    if cfg.model.init == "pretrained":  # fails fast, before anything is written
-        model = build_model(cfg.model, None, cfg.seed)
-        tokenizer = load_pretrained_tokenizer(cfg.model.name_or_path, cfg.model.revision)
-        check_context(cfg.data.block_size, model.config)
-    else:
-        check_context(cfg.data.block_size, scratch_config(cfg.model))
-    if acc.is_main_process:
-        run.claim(cfg)
-    acc.wait_for_everyone()
-    if cfg.model.init == "scratch":
-        tokenizer = _trained_tokenizer(cfg, run, train_texts, acc)
-        model = build_model(cfg.model, tokenizer, cfg.seed)
+    return Lottery(cfg, acc).run()
 
-    with acc.main_process_first():
-        train_blocks = group_into_blocks(train_texts, tokenizer, cfg.data.block_size)
-        val_ids = tokenize_stream(val_texts, tokenizer)[: cfg.data.max_validation_tokens]
-    weights = prunable_weights(model, cfg.prune.groups)
-    model_type = model.config.model_type
-    mask = Mask.ones_like(model, weights)
-    trainer = Trainer(acc, model, train_blocks, cfg.train, cfg.seed)
-    plain = acc.unwrap_model(trainer.model)
-    acc.print(
-        f"gpt_tickets: {sum(p.numel() for p in plain.parameters()):,} parameters, "
-        f"{mask.numel():,} prunable; {len(train_blocks)} train blocks x {cfg.data.block_size} tokens; "
-        f"global batch {cfg.train.batch_size * acc.num_processes * cfg.train.gradient_accumulation_steps} "
-        f"({cfg.train.batch_size} per device x {acc.num_processes} processes x "
-        f"{cfg.train.gradient_accumulation_steps} accumulation); run dir {run.root}"
-    )
 
-    def evaluate():
-        return perplexity(
-            trainer.model,
-            val_ids,
+class Lottery:
+    """One run: builds data, model and trainer once, then walks the phases (rounds, then controls) in order."""
+
+    def __init__(self, cfg: RunConfig, acc: Accelerator) -> None:
+        self.cfg, self.acc, self.run_dir = cfg, acc, RunDir(cfg.output_dir)
+        run = self.run_dir
+        micro, accumulation = cfg.train.batch_layout(acc.num_processes)  # a bad world size fails before any write
+        train_texts, val_texts = load_text_splits(cfg.data)
+        if cfg.model.init == "pretrained":  # fails fast, before anything is written
+            model = build_model(cfg.model, None, cfg.seed)
+            tokenizer = load_pretrained_tokenizer(cfg.model.name_or_path, cfg.model.revision)
+            check_context(cfg.data.block_size, model.config)
+        else:
+            check_context(cfg.data.block_size, scratch_config(cfg.model))
+        if acc.is_main_process:
+            run.claim(cfg)
+        acc.wait_for_everyone()
+        if cfg.model.init == "scratch":
+            tokenizer = _trained_tokenizer(cfg, run, train_texts, acc)
+            model = build_model(cfg.model, tokenizer, cfg.seed)
+        if acc.is_main_process and not run.init.exists():
+            save_parameters(model, run.init)
+
+        with acc.main_process_first():
+            train_blocks = group_into_blocks(train_texts, tokenizer, cfg.data.block_size)
+            self.val_ids = tokenize_stream(val_texts, tokenizer)[: cfg.data.max_validation_tokens]
+        self.tokenizer, self.model_type = tokenizer, model.config.model_type
+        self.full_mask = Mask.ones_like(model, prunable_weights(model, cfg.prune.groups))
+        self.trainer = Trainer(acc, model, train_blocks, cfg.train, cfg.seed)
+        self.plain = acc.unwrap_model(self.trainer.model)
+        self.checkpoints = Checkpoints(acc, run.checkpoints)
+        acc.print(
+            f"gpt_tickets: {sum(p.numel() for p in self.plain.parameters()):,} parameters, "
+            f"{self.full_mask.numel():,} prunable; {len(train_blocks)} train blocks x {cfg.data.block_size} tokens; "
+            f"global batch {cfg.train.batch_size} = {micro} per device x {acc.num_processes} processes x "
+            f"{accumulation} accumulation; run dir {run.root}"
+        )
+        if cfg.track.log_with:
+            acc.init_trackers(cfg.track.project_name, config=_flat(cfg.to_dict()))
+
+    # ------------------------------------------------------------------------------------------------ phases
+
+    def run(self) -> dict:
+        cfg, run, acc = self.cfg, self.run_dir, self.acc
+        rounds = []
+        for r in range(cfg.prune.rounds + 1):
+            rounds.append(
+                self._phase(f"round {r}", r, run.round(r), self._prepare_round(r), "dense" if r == 0 else "imp")
+            )
+            if acc.is_main_process:
+                atomic_write_json({"fingerprint": cfg.fingerprint(), "rounds": rounds, "complete": False}, run.results)
+        controls = [
+            self._phase(
+                f"control {name}",
+                cfg.prune.rounds + 1 + i,
+                run.control(name),
+                self._prepare_control(),
+                f"control:{name}",
+            )
+            for i, name in enumerate(cfg.controls)
+        ]
+        summary = {
+            "fingerprint": cfg.fingerprint(),
+            "num_processes": acc.num_processes,
+            "rounds": rounds,
+            "controls": controls,
+            "complete": False,
+        }
+        final = run.round(cfg.prune.rounds)
+        if acc.is_main_process:
+            load_parameters(self.plain, final / "trained.safetensors")
+            export_ticket(self.plain, self.tokenizer, Mask.load(final / "mask.safetensors"), cfg, summary, run.ticket)
+            summary["complete"] = True
+            atomic_write_json(summary, run.results)
+        acc.wait_for_everyone()
+        if cfg.track.log_with:
+            acc.end_training()
+        summary["complete"] = True
+        return summary
+
+    def _prepare_round(self, r: int) -> Callable[[], Mask]:
+        """How round r starts afresh: its mask (saved before training, for resume) and its starting weights."""
+        run = self.run_dir
+
+        def prepare() -> Mask:
+            if r == 0:
+                load_parameters(self.plain, run.init)
+                mask = self.full_mask
+                if self.cfg.prune.rewind_step == 0 and self.acc.is_main_process:
+                    save_parameters(self.plain, run.rewind)
+            else:
+                load_parameters(self.plain, run.round(r - 1) / "trained.safetensors")
+                previous = Mask.load(run.round(r - 1) / "mask.safetensors")
+                mask = magnitude_prune(
+                    parameters_cpu(self.plain), previous, self.cfg.prune.fraction, self.cfg.prune.scope
+                )
+                load_parameters(self.plain, run.rewind)
+            if self.acc.is_main_process:
+                run.round(r).mkdir(exist_ok=True)
+                mask.save(run.round(r) / "mask.safetensors")
+            return mask
+
+        return prepare
+
+    def _prepare_control(self) -> Callable[[], Mask]:
+        """The final mask on freshly re-initialised weights: what a ticket must beat."""
+
+        def prepare() -> Mask:
+            fresh = random_init(self.plain.config, seed=self.cfg.seed + 1)
+            load_parameters(self.plain, parameters_cpu(fresh))
+            return self._final_mask()
+
+        return prepare
+
+    def _final_mask(self) -> Mask:
+        return Mask.load(self.run_dir.round(self.cfg.prune.rounds) / "mask.safetensors")
+
+    def _phase(self, phase: str, index: int, folder: Path, prepare: Callable[[], Mask], kind: str) -> dict:
+        """Train, evaluate and record one phase, resuming from its newest checkpoint when there is one."""
+        cfg, acc, run = self.cfg, self.acc, self.run_dir
+        done = folder / "result.json"
+        if done.exists():
+            return yaml.safe_load(done.read_text())
+        acc.wait_for_everyone()
+        start = self.checkpoints.restore(phase)
+        if start == 0:
+            mask = prepare()
+        else:
+            mask = self._final_mask() if kind.startswith("control") else Mask.load(folder / "mask.safetensors")
+        self._check_ranks_agree(phase, mask)
+
+        def on_step(step: int, loss: torch.Tensor) -> None:
+            if phase == "round 0" and step == cfg.prune.rewind_step and acc.is_main_process:
+                save_parameters(self.plain, run.rewind)
+            if cfg.track.log_with and step % cfg.track.log_every == 0:
+                lr = self.trainer.scheduler.get_last_lr()[0]
+                acc.log({"train/loss": loss.item(), "train/lr": lr}, step=index * cfg.train.steps + step)
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
+                self.checkpoints.save(phase, step)
+
+        round_number = min(index, cfg.prune.rounds)
+        outcome = self.trainer.train(MaskedParameters(self.plain, mask), on_step, desc=phase, start_step=start)
+        ppl = perplexity(
+            self.trainer.model,
+            self.val_ids,
             max_length=cfg.data.block_size,
             stride=cfg.eval.stride,
             batch_size=cfg.eval.batch_size,
             accelerator=acc,
         )
-
-    def save_rewind_point(step: int) -> None:
-        if step == cfg.prune.rewind_step and acc.is_main_process:
-            save_parameters(plain, run.rewind)
-
-    results: list[dict] = []
-    for r in range(cfg.prune.rounds + 1):
-        done = run.round(r) / "result.json"
-        if done.exists():
-            results.append(yaml.safe_load(done.read_text()))
-            continue
-        if r == 0:
-            save_rewind_point(0)
-            on_step = save_rewind_point
-        else:
-            load_parameters(plain, run.round(r - 1) / "trained.safetensors")
-            mask = magnitude_prune(
-                parameters_cpu(plain),
-                Mask.load(run.round(r - 1) / "mask.safetensors"),
-                cfg.prune.fraction,
-                cfg.prune.scope,
+        result = _phase_result(kind, round_number, mask, self.model_type, outcome, ppl)
+        acc.print(f"{phase}: sparsity {result['sparsity']:.1%}, val perplexity {result['val_perplexity']:.2f}")
+        if cfg.track.log_with:
+            acc.log(
+                {"round/sparsity": result["sparsity"], "round/val_perplexity": result["val_perplexity"]},
+                step=(index + 1) * cfg.train.steps,
             )
-            acc.wait_for_everyone()  # the rewind point is on disk before anyone reads it
-            load_parameters(plain, run.rewind)
-            on_step = None
-        outcome = trainer.train(MaskedParameters(plain, mask), on_step=on_step, desc=f"round {r}")
-        result = _round_result("dense" if r == 0 else "imp", r, mask, model_type, outcome, evaluate())
-        results.append(result)
         if acc.is_main_process:
-            atomic_write_json({"fingerprint": cfg.fingerprint(), "rounds": results, "complete": False}, run.results)
-        acc.print(f"round {r}: sparsity {result['sparsity']:.1%}, val perplexity {result['val_perplexity']:.2f}")
-        if acc.is_main_process:
-            run.round(r).mkdir(exist_ok=True)
-            mask.save(run.round(r) / "mask.safetensors")
-            save_parameters(plain, run.round(r) / "trained.safetensors")
-            atomic_write_json(result, done)  # written last: the marker that round r is complete
-            previous = run.round(r - 1) / "trained.safetensors"
-            if r > 0 and previous.exists():
-                previous.unlink()  # only the newest trained weights are needed to go on
-        acc.wait_for_everyone()
+            folder.mkdir(parents=True, exist_ok=True)
+            if not kind.startswith("control"):
+                save_parameters(self.plain, folder / "trained.safetensors")
+                previous = run.round(round_number - 1) / "trained.safetensors"
+                if round_number > 0 and previous.exists():
+                    previous.unlink()  # only the newest trained weights are needed to go on
+            atomic_write_json(result, done)  # written last: the marker that the phase is complete
+        self.checkpoints.clear()
+        return result
 
-    final = cfg.prune.rounds
-    mask = Mask.load(run.round(final) / "mask.safetensors")
-    controls = [_control(name, cfg, run, trainer, plain, mask, model_type, evaluate, acc) for name in cfg.controls]
-
-    summary = {"fingerprint": cfg.fingerprint(), "rounds": results, "controls": controls, "complete": False}
-    if acc.is_main_process:
-        load_parameters(plain, run.round(final) / "trained.safetensors")
-        export_ticket(plain, tokenizer, mask, cfg, summary, run.ticket)
-        summary["complete"] = True
-        atomic_write_json(summary, run.results)
-    acc.wait_for_everyone()
-    summary["complete"] = True
-    return summary
+    def _check_ranks_agree(self, phase: str, mask: Mask) -> None:
+        """Every rank derives the mask itself from synchronised weights; a disagreement must stop the run."""
+        if self.acc.num_processes == 1:
+            return
+        sums = gather_object([mask_checksum(mask)])
+        if len(set(sums)) != 1:
+            raise RuntimeError(f"{phase}: the processes hold different masks (checksums {sums}); stopping")
 
 
-def _control(
-    name: str,
-    cfg: RunConfig,
-    run: RunDir,
-    trainer: Trainer,
-    plain: PreTrainedModel,
-    mask: Mask,
-    model_type: str,
-    evaluate,
-    acc: Accelerator,
-) -> dict:
-    """The final mask on freshly re-initialised weights, trained the same steps: what a ticket must beat."""
-    done = run.control(name) / "result.json"
-    if done.exists():
-        return yaml.safe_load(done.read_text())
-    fresh = random_init(plain.config, seed=cfg.seed + 1)
-    load_parameters(plain, parameters_cpu(fresh))
-    del fresh
-    outcome = trainer.train(MaskedParameters(plain, mask), desc=f"control {name}")
-    result = _round_result(f"control:{name}", cfg.prune.rounds, mask, model_type, outcome, evaluate())
-    acc.print(f"control {name}: sparsity {result['sparsity']:.1%}, val perplexity {result['val_perplexity']:.2f}")
-    if acc.is_main_process:
-        done.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(result, done)
-    return result
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """Trackers want flat scalars: {"prune.rounds": 5, ...}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
@@ -24,6 +25,27 @@ class TrainOutcome:
     final_loss: float
 
 
+class EpochPermutation(Sampler[int]):
+    """A shuffle that is a pure function of (seed, epoch).
+
+    Every round sees the same data order (as in Frankle & Carbin), every rank draws the same permutation (the
+    launcher shards its batches), and a resumed round can jump to any step without replaying the data.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class Trainer:
     """Holds the prepared model, optimizer, schedule and data; ``reset`` gives every round a fresh optimizer.
 
@@ -34,7 +56,8 @@ class Trainer:
     def __init__(
         self, accelerator: Accelerator, model: torch.nn.Module, train_blocks: torch.Tensor, cfg: TrainConfig, seed: int
     ) -> None:
-        self.accelerator, self.cfg, self.seed = accelerator, cfg, seed
+        self.accelerator, self.cfg = accelerator, cfg
+        self.micro_batch, self.accumulation = cfg.batch_layout(accelerator.num_processes)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
         def linear_warmup_decay(step: int) -> float:
@@ -44,47 +67,66 @@ class Trainer:
 
         # The schedule is not prepared: Accelerate would step it once per process per call.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay)
-        loader = DataLoader(train_blocks, batch_size=cfg.batch_size, shuffle=True, drop_last=True)
+        self.sampler = EpochPermutation(len(train_blocks), seed)
+        loader = DataLoader(train_blocks, batch_size=self.micro_batch, sampler=self.sampler, drop_last=True)
         self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
+        if len(self.loader) < self.accumulation:
+            raise ValueError(f"{len(train_blocks)} training blocks are fewer than one global batch")
+        accelerator.register_for_checkpointing(self.scheduler)
         self._fresh = copy.deepcopy((self.optimizer.state_dict(), self.scheduler.state_dict()))
 
     def reset(self) -> None:
         self.optimizer.load_state_dict(copy.deepcopy(self._fresh[0]))
         self.scheduler.load_state_dict(copy.deepcopy(self._fresh[1]))
 
+    def _batches(self, start_step: int) -> Iterator[torch.Tensor]:
+        """Micro-batches from optimizer step ``start_step`` on, across epochs, in the fixed order."""
+        micro = start_step * self.accumulation
+        epoch, skip = divmod(micro, len(self.loader))
+        while True:
+            self.sampler.set_epoch(epoch)
+            yield from itertools.islice(self.loader, skip, None)
+            epoch, skip = epoch + 1, 0
+
     def train(
-        self, masked: MaskedParameters, on_step: Callable[[int], None] | None = None, desc: str = "train"
+        self,
+        masked: MaskedParameters,
+        on_step: Callable[[int, torch.Tensor], None] | None = None,
+        desc: str = "train",
+        start_step: int = 0,
     ) -> TrainOutcome:
-        """Train ``cfg.steps`` optimizer steps from the current weights; ``on_step(step)`` runs after each one."""
+        """Train up to ``cfg.steps`` optimizer steps; ``on_step(step, loss)`` runs after each one (loss: a tensor,
+        read only when needed, since reading it waits for the device).
+
+        ``start_step > 0`` continues a round whose model, optimizer and schedule were restored from a checkpoint.
+        """
         acc, model, cfg = self.accelerator, self.model, self.cfg
-        self.reset()
-        set_seed(self.seed)  # the same data order every round, as in Frankle & Carbin
+        if start_step == 0:
+            self.reset()
         masked.zero_weights()
         model.train()
-        start, step, loss_value = time.perf_counter(), 0, float("nan")
-        bar = tqdm(total=cfg.steps, desc=desc, disable=not acc.is_local_main_process, leave=False)
+        start, step, loss_sum = time.perf_counter(), start_step, torch.tensor(float("nan"))
+        bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not acc.is_local_main_process, leave=False)
+        batches = self._batches(start_step)
         while step < cfg.steps:
-            for batch in self.loader:
-                with acc.accumulate(model):
-                    loss = model(input_ids=batch, labels=batch).loss
+            loss_sum = torch.zeros((), device=acc.device)
+            for i in range(self.accumulation):  # gradient accumulation by hand: explicit and resumable
+                batch = next(batches)
+                sync = i == self.accumulation - 1
+                with contextlib.nullcontext() if sync else acc.no_sync(model):
+                    loss = model(input_ids=batch, labels=batch).loss / self.accumulation
                     acc.backward(loss)
-                    if acc.sync_gradients:
-                        masked.zero_grads()  # no update and no Adam moments for pruned weights
-                        if cfg.max_grad_norm is not None:
-                            acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                if not acc.sync_gradients:
-                    continue
-                self.scheduler.step()
-                masked.zero_weights()  # weight decay and numerics can't revive a pruned weight
-                step += 1
-                loss_value = loss.item()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
-                if on_step is not None:
-                    on_step(step)
-                if step == cfg.steps:
-                    break
+                loss_sum += loss.detach().float()
+            masked.zero_grads()  # no update and no Adam moments for pruned weights
+            if cfg.max_grad_norm is not None:
+                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            masked.zero_weights()  # weight decay and numerics can't revive a pruned weight
+            step += 1
+            bar.update(1)
+            if on_step is not None:
+                on_step(step, loss_sum)
         bar.close()
-        return TrainOutcome(steps=step, seconds=time.perf_counter() - start, final_loss=loss_value)
+        return TrainOutcome(steps=step, seconds=time.perf_counter() - start, final_loss=float(loss_sum))

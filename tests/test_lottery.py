@@ -25,7 +25,7 @@ def observed(monkeypatch):
     calls = []
     original = Trainer.train
 
-    def train(self, masked, on_step=None, desc="train"):
+    def train(self, masked, on_step=None, desc="train", start_step=0):
         plain = self.accelerator.unwrap_model(self.model)
         call = {
             "desc": desc,
@@ -35,7 +35,7 @@ def observed(monkeypatch):
         }
         calls.append(call)
 
-        def watch(step):
+        def watch(step, loss):
             call["leaks"] += sum(int(p[m == 0].count_nonzero()) for p, m in masked.pairs)
             call["at_step"][step] = {n: p.detach().clone() for n, p in plain.named_parameters()}
             optimizer = self.optimizer.optimizer
@@ -44,9 +44,9 @@ def observed(monkeypatch):
                 call["leaks"] += int(state["exp_avg"][m == 0].count_nonzero())
                 call["leaks"] += int(state["exp_avg_sq"][m == 0].count_nonzero())
             if on_step is not None:
-                on_step(step)
+                on_step(step, loss)
 
-        call["outcome"] = original(self, masked, on_step=watch, desc=desc)
+        call["outcome"] = original(self, masked, on_step=watch, desc=desc, start_step=start_step)
         return call["outcome"]
 
     monkeypatch.setattr(Trainer, "train", train)

@@ -1,0 +1,148 @@
+"""Multi-process runs and crash-safe resume, through the real launchers, in subprocesses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt_tickets.masks import Mask
+
+from .conftest import MICRO
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "find_ticket.py"
+RESUMABLE = [*MICRO, "--train.checkpoint_every", "2"]
+
+
+def find(output_dir: Path, *extra: str, launcher: list[str] | None = None, env: dict | None = None):
+    command = [*(launcher or [sys.executable]), str(SCRIPT), *RESUMABLE, "--output_dir", str(output_dir), *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def outcome(run: Path) -> tuple[list[dict], dict[str, Mask]]:
+    summary = json.loads((run / "results.json").read_text())
+    assert summary["complete"]
+    entries = [{k: v for k, v in e.items() if k != "wall_seconds"} for e in summary["rounds"] + summary["controls"]]
+    masks = {d.name: Mask.load(d / "mask.safetensors") for d in sorted(run.glob("round_*"))}
+    return entries, masks
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("reference") / "run"
+    result = find(run)
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def checkpoints(run: Path) -> list[Path]:
+    folder = run / "checkpoints"
+    return (
+        sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) if folder.exists() else []
+    )
+
+
+def start_and_kill_mid_round(run: Path, wanted_checkpoints: int) -> None:
+    """Start a run and SIGKILL it inside round 1 once it has written ``wanted_checkpoints`` checkpoints."""
+    command = [sys.executable, str(SCRIPT), *RESUMABLE, "--output_dir", str(run)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run / "round_0" / "result.json").exists() and len(checkpoints(run)) >= wanted_checkpoints:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-round"
+    assert not (run / "round_2" / "result.json").exists()
+
+
+def assert_same(run: Path, reference: Path) -> None:
+    entries, masks = outcome(run)
+    ref_entries, ref_masks = outcome(reference)
+    assert entries == ref_entries
+    assert masks.keys() == ref_masks.keys()
+    for name in masks:
+        assert all(torch.equal(masks[name][w], ref_masks[name][w]) for w in masks[name])
+
+
+def test_kill_9_mid_round_then_rerun_ends_identical(tmp_path, reference):
+    run = tmp_path / "run"
+    start_and_kill_mid_round(run, wanted_checkpoints=1)
+    resumed = find(run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming round" in resumed.stdout
+    assert "round 0: sparsity" not in resumed.stdout  # finished rounds are never recomputed
+    assert_same(run, reference)
+
+
+def test_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
+    run = tmp_path / "run"
+    start_and_kill_mid_round(run, wanted_checkpoints=2)
+    newest = checkpoints(run)[-1] / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated on disk
+    resumed = find(run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "is unreadable" in resumed.stdout and "trying the previous one" in resumed.stdout
+    assert "resuming round" in resumed.stdout
+    assert_same(run, reference)
+
+
+def test_two_processes_over_gloo_match_one_process(tmp_path, reference):
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+    ]
+    result = find(tmp_path / "run", launcher=launcher, env={"ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stderr
+    assert "2 per device x 2 processes x 1 accumulation" in result.stdout
+    summary = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert summary["num_processes"] == 2  # world size 2 was really reached
+    entries, masks = outcome(tmp_path / "run")
+    ref_entries, ref_masks = outcome(reference)
+    for name in masks:  # same global batch, same data: the same masks (they could differ only at magnitude ties)
+        assert all(torch.equal(masks[name][w], ref_masks[name][w]) for w in masks[name])
+    for mine, theirs in zip(entries, ref_entries, strict=True):
+        assert mine["mask_checksum"] == theirs["mask_checksum"]
+        assert mine["val_perplexity"] == pytest.approx(theirs["val_perplexity"], rel=1e-4)
+
+
+def test_world_size_that_does_not_divide_the_global_batch_is_refused(tmp_path):
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29534",
+    ]
+    result = find(tmp_path / "run", "--train.batch_size", "5", launcher=launcher, env={"ACCELERATE_USE_CPU": "true"})
+    assert result.returncode != 0
+    assert "train.batch_size=5 is not a multiple of micro_batch_size=2 x 2 processes" in result.stderr
+    assert "gpt_tickets/" not in result.stderr  # the launcher reports the failed ranks; ours print one line each
+    assert not (tmp_path / "run").exists()
