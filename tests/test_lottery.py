@@ -232,3 +232,18 @@ def test_accelerate_launch_runs_the_same_code_without_any_accelerate_config(micr
     assert result.returncode == 0, result.stderr
     assert "| 2     | imp " in result.stdout
     assert json.loads((tmp_path / "run" / "results.json").read_text())["complete"]
+
+
+def test_tensorboard_tracking_logs_loss_lr_sparsity_and_perplexity(micro, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = load_config(None, [*micro, "--track.log_with", "[tensorboard]", "--track.log_every", "2"])
+    summary = lottery.find_ticket(cfg)
+    accumulator = EventAccumulator(str(tmp_path / "run" / cfg.track.project_name))  # hparams go to a subfolder
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "round/sparsity", "round/val_perplexity"} <= tags
+    logged = [e.value for e in accumulator.Scalars("round/val_perplexity")]
+    expected = [r["val_perplexity"] for r in summary["rounds"] + summary["controls"]]
+    assert logged == pytest.approx(expected, rel=1e-6)
+    assert len(accumulator.Scalars("train/loss")) == 4 * cfg.train.steps // 2
