@@ -54,7 +54,8 @@ class Mask(dict):
 class MaskedParameters:
     """The model's prunable parameters paired with their masks, on the parameters' device.
 
-    Built once per round so the two calls inside the training step are a tight loop of in-place multiplies.
+    Built once per round so the two calls inside the training step are a tight loop of in-place multiplies. The masks
+    stay bool (1 byte per weight; on a CPU run they share the Mask's memory), not a float copy of every weight.
     """
 
     def __init__(self, model: torch.nn.Module, mask: Mask) -> None:
@@ -63,7 +64,7 @@ class MaskedParameters:
             param = model.get_parameter(name)
             if param.shape != m.shape:
                 raise ValueError(f"mask {name!r} has shape {tuple(m.shape)}, the weight {tuple(param.shape)}")
-            self.pairs.append((param, m.to(device=param.device, dtype=param.dtype)))
+            self.pairs.append((param, m.to(device=param.device)))
 
     @torch.no_grad()
     def zero_weights(self) -> None:

@@ -70,3 +70,63 @@ def test_section_must_be_a_mapping():
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="config file 'nope.yaml' does not exist"):
         load_config("nope.yaml")
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# file -> (num_processes in all, num_machines); a new launcher config must be added here to be checked.
+ACCELERATE_CONFIGS = {"ddp_1node_8gpu.yaml": (8, 1), "multinode_2x8gpu.yaml": (16, 2)}
+
+
+def test_every_accelerate_config_is_checked() -> None:
+    assert sorted(p.name for p in (CONFIG_DIR / "accelerate").glob("*.yaml")) == sorted(ACCELERATE_CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(ACCELERATE_CONFIGS))
+def test_accelerate_configs_load_as_accelerate_launch_reads_them(name: str) -> None:
+    """``accelerate launch --config_file`` refuses unknown keys only at launch time, on the cluster: check here."""
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    from accelerate.utils import DistributedType
+
+    launcher = load_config_from_file(str(CONFIG_DIR / "accelerate" / name))
+    assert isinstance(launcher, ClusterConfig)
+    assert launcher.distributed_type == DistributedType.MULTI_GPU
+    assert (launcher.num_processes, launcher.num_machines) == ACCELERATE_CONFIGS[name]
+    assert launcher.num_processes % launcher.num_machines == 0, "accelerate runs num_processes / num_machines per node"
+    assert 0 <= launcher.machine_rank < launcher.num_machines
+    assert launcher.mixed_precision == "bf16"
+    if launcher.num_machines > 1:
+        assert launcher.main_process_ip and launcher.main_process_port
+        assert launcher.rdzv_backend == "static"
+
+
+def test_gpt2_small_config_builds_a_124m_model() -> None:
+    """The research config must describe GPT-2 small; counted on the meta device, so nothing is allocated."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from gpt_tickets.models import check_context, scratch_config
+
+    cfg = load_config(CONFIG_DIR / "gpt2_small_wikitext103.yaml")
+    config = scratch_config(cfg.model, vocab_size=cfg.data.vocab_size)
+    check_context(cfg.data.block_size, config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert next(model.parameters()).is_meta
+    assert 120_000_000 <= sum(p.numel() for p in model.parameters()) <= 130_000_000
+
+
+@pytest.mark.parametrize(
+    "name, overrides, processes, layout",
+    [
+        ("gpt2_small_wikitext103.yaml", [], 1, (8, 8)),
+        ("gpt2_small_wikitext103.yaml", [], 8, (8, 1)),
+        ("gpt2_small_wikitext103.yaml", ["--train.micro_batch_size", "4"], 16, (4, 1)),
+        ("gpt2_finetune_wikitext2.yaml", [], 1, (8, 4)),
+        ("gpt2_finetune_wikitext2.yaml", ["--train.micro_batch_size", "4"], 8, (4, 1)),
+    ],
+)
+def test_research_configs_launch_as_their_headers_say(
+    name: str, overrides: list[str], processes: int, layout: tuple[int, int]
+) -> None:
+    """The launch lines in each config's header give (micro-batch per GPU, accumulation) for its global batch."""
+    assert load_config(CONFIG_DIR / name, overrides).train.batch_layout(processes) == layout
