@@ -5,7 +5,7 @@ prunable weight); the rewind weights live on disk and are loaded at rewind. Each
 round as ``gpt_tickets.lottery`` does, with the real ``Trainer`` and ``MaskedParameters``:
 
 1. train the previous round (dense), which leaves AdamW's state resident, as it is when the next round starts;
-2. prune + rewind: cut the mask by magnitude from a CPU copy of the weights (masked run only; one cut from a full
+2. prune + rewind: cut the mask by magnitude where the weights live (masked run only; one cut from a full
    mask straight to 1-0.8^5 = 67.2%, so pruning's temporaries are those of round 1, the largest), then load the
    step-k weights from their file on disk;
 3. train the round through ``MaskedParameters`` (an empty mask for the dense run).
@@ -75,7 +75,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     from gpt_tickets.architectures import prunable_weights
     from gpt_tickets.config import TrainConfig, load_config
     from gpt_tickets.masks import Mask, MaskedParameters
-    from gpt_tickets.models import load_parameters, parameters_cpu, random_init, save_parameters, scratch_config
+    from gpt_tickets.models import load_parameters, random_init, save_parameters, scratch_config
     from gpt_tickets.pruning import magnitude_prune
     from gpt_tickets.training import Trainer
 
@@ -101,7 +101,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
         _reset_peak()
         if spec["mode"] == "masked":
-            mask = magnitude_prune(parameters_cpu(plain), Mask.ones_like(plain, weights), SPARSITY, "global")
+            mask = magnitude_prune(dict(plain.named_parameters()), Mask.ones_like(plain, weights), SPARSITY, "global")
         else:
             mask = Mask()
         load_parameters(plain, rewind_file)

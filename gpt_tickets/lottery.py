@@ -30,7 +30,6 @@ from .models import (
     build_model,
     check_context,
     load_parameters,
-    parameters_cpu,
     random_init,
     save_parameters,
     scratch_config,
@@ -219,9 +218,8 @@ class Lottery:
             else:
                 load_parameters(self.plain, run.round(r - 1) / "trained.safetensors")
                 previous = Mask.load(run.round(r - 1) / "mask.safetensors")
-                mask = magnitude_prune(
-                    parameters_cpu(self.plain), previous, self.cfg.prune.fraction, self.cfg.prune.scope
-                )
+                trained = {n: self.plain.get_parameter(n) for n in previous}  # pruned where they live, no copy
+                mask = magnitude_prune(trained, previous, self.cfg.prune.fraction, self.cfg.prune.scope)
                 load_parameters(self.plain, run.rewind)
             if self.acc.is_main_process:
                 run.round(r).mkdir(exist_ok=True)
@@ -235,7 +233,7 @@ class Lottery:
 
         def prepare() -> Mask:
             fresh = random_init(self.plain.config, seed=self.cfg.seed + 1)
-            load_parameters(self.plain, parameters_cpu(fresh))
+            load_parameters(self.plain, {n: p.detach() for n, p in fresh.named_parameters()})
             return self._final_mask()
 
         return prepare
