@@ -247,3 +247,14 @@ def test_tensorboard_tracking_logs_loss_lr_sparsity_and_perplexity(micro, tmp_pa
     expected = [r["val_perplexity"] for r in summary["rounds"] + summary["controls"]]
     assert logged == pytest.approx(expected, rel=1e-6)
     assert len(accumulator.Scalars("train/loss")) == 4 * cfg.train.steps // 2
+
+
+def test_bf16_mixed_precision_keeps_masks_exact(micro, tmp_path):
+    result = run_cli("find", *micro, "--train.mixed_precision", "bf16")  # a subprocess: its own Accelerator state
+    assert result.returncode == 0, result.stderr
+    run = lottery.RunDir(tmp_path / "run")
+    masks = Mask.load(run.ticket / "ticket_masks.safetensors")
+    for path in (run.ticket / "model.safetensors", run.round(2) / "trained.safetensors"):
+        saved = load_file(str(path))
+        assert all(not saved[name][~m].any() and saved[name][m].count_nonzero() == m.sum() for name, m in masks.items())
+    assert json.loads(run.results.read_text())["rounds"][2]["sparsity"] == 0.75
