@@ -6,6 +6,8 @@ Bad input ends with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 
 from .config import ConfigError, load_config
@@ -26,6 +28,58 @@ def _find(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace, rest: list[str]) -> int:
+    if rest:
+        raise ConfigError(f"unrecognized arguments for eval: {' '.join(rest)}")
+    from .perplexity_eval import TextSource, evaluate_models, results_table, save_results
+
+    source = TextSource(args.dataset, args.dataset_config, args.split, args.files or [], args.text_column)
+    results = evaluate_models(args.model, source, args.max_length, args.stride, args.batch_size)
+
+    from accelerate import PartialState  # set up by evaluate_models
+
+    state = PartialState()
+    if not state.is_main_process:
+        return 0
+    payload = {
+        "dataset": dataclasses.asdict(source),
+        "num_processes": state.num_processes,
+        "results": [r.to_dict() for r in results],
+    }
+    saved = save_results(args.save_dir, payload) if args.save_dir else None
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(f"perplexity on {source.describe()}, {state.num_processes} process(es)\n")
+        print(results_table(results))
+        if saved:
+            print(f"saved: {saved}")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="sliding-window perplexity of models or tickets on a dataset",
+        description="Exact perplexity (total NLL / scored tokens) of each model on one dataset split or local files, "
+        "the text joined with blank lines and scored in sliding windows. Under accelerate launch or torchrun the "
+        "windows are split over the processes.",
+    )
+    ev.add_argument("--model", nargs="+", required=True, help="local folders (tickets included) or Hub ids")
+    data = ev.add_mutually_exclusive_group(required=True)
+    data.add_argument("--dataset", default=None, help="Hub dataset name or local dataset folder, e.g. wikitext")
+    data.add_argument("--files", nargs="+", default=None, help="local .txt, .json or .jsonl files")
+    ev.add_argument("--dataset-config", default=None, help="Hub dataset config, e.g. wikitext-2-raw-v1")
+    ev.add_argument("--split", default="test", help="dataset split (default: test)")
+    ev.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    ev.add_argument("--max-length", type=int, default=None, help="tokens per window (default: the model's context)")
+    ev.add_argument("--stride", type=int, default=None, help="tokens the window moves by (default: max length)")
+    ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass per process (default: 8)")
+    ev.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    ev.add_argument("--save-dir", default=None, help="also save the results there as JSON with evaluate.save")
+    ev.set_defaults(run=_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt-tickets", description="Lottery tickets for GPT-2-style causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     find.add_argument("--config", default=None, help="YAML run config (default: the embedded tiny config)")
     find.set_defaults(run=_find)
+    _add_eval(sub)
     return parser
 
 

@@ -79,16 +79,15 @@ def _require_text(texts: list[str], what: str) -> list[str]:
     return texts
 
 
-def _hub_split(cfg: DataConfig, split: str) -> list[str]:
-    where = f"config {cfg.config_name!r}, split {split!r}" if cfg.config_name else f"split {split!r}"
+def load_hub_split(name: str, config_name: str | None, split: str, text_column: str = "text") -> list[str]:
+    """One split of a Hub dataset (or a local dataset folder), one text per row, empty rows kept."""
+    where = f"config {config_name!r}, split {split!r}" if config_name else f"split {split!r}"
     try:
-        ds = datasets.load_dataset(cfg.name, cfg.config_name, split=split)
+        ds = datasets.load_dataset(name, config_name, split=split)
     except Exception as err:  # not found, offline, no such config or split: all mean "cannot load"
-        raise DataError(
-            f"cannot load dataset {cfg.name!r} ({where}) offline or from the Hub: {_first_line(err)}"
-        ) from err
-    what = f"dataset {cfg.name!r} ({where})"
-    return _require_text(_column_texts(ds, cfg.text_column, what), what)
+        raise DataError(f"cannot load dataset {name!r} ({where}) offline or from the Hub: {_first_line(err)}") from err
+    what = f"dataset {name!r} ({where})"
+    return _require_text(_column_texts(ds, text_column, what), what)
 
 
 def _builder_for(path: str) -> str:
@@ -100,8 +99,8 @@ def _builder_for(path: str) -> str:
     return FILE_BUILDERS[suffix]
 
 
-def _files_texts(paths: list[str], text_column: str) -> list[str]:
-    """Load local files in the order given, one ``load_dataset`` call per run of files sharing a builder.
+def load_files(paths: list[str], text_column: str = "text") -> list[str]:
+    """Texts of local files in the order given, one ``load_dataset`` call per run of files sharing a builder.
 
     A .txt file is one document, read verbatim (``sample_by="document"``): per-line rows would put an eos after
     every line, and paragraph splitting alters blank lines, so ``"\\n\\n".join`` would no longer give back the file.
@@ -129,9 +128,12 @@ def load_text_splits(cfg: DataConfig) -> tuple[list[str], list[str]]:
     if cfg.source == "embedded":
         return _embedded_splits(cfg.validation_fraction)
     if cfg.source == "hub":
-        return _hub_split(cfg, cfg.train_split), _hub_split(cfg, cfg.validation_split)
+        return (
+            load_hub_split(cfg.name, cfg.config_name, cfg.train_split, cfg.text_column),
+            load_hub_split(cfg.name, cfg.config_name, cfg.validation_split, cfg.text_column),
+        )
     if cfg.source == "files":
-        return _files_texts(cfg.train_files, cfg.text_column), _files_texts(cfg.validation_files, cfg.text_column)
+        return load_files(cfg.train_files, cfg.text_column), load_files(cfg.validation_files, cfg.text_column)
     raise DataError(f"data.source={cfg.source!r} is not allowed; choose one of embedded, hub, files")
 
 

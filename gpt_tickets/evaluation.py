@@ -7,9 +7,11 @@ Windows follow the Hugging Face guide "Perplexity of fixed-length models", so re
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +21,10 @@ from torch import nn
 if TYPE_CHECKING:
     import accelerate
 
-__all__ = ["PerplexityResult", "perplexity", "sliding_windows"]
+__all__ = ["METRIC_PATH", "PerplexityResult", "perplexity", "perplexity_reference", "sliding_windows"]
+
+# The same metric as an ``evaluate`` module, shipped inside the package: ``evaluate.load(METRIC_PATH)``.
+METRIC_PATH = str(Path(__file__).parent / "metrics" / "sliding_window_perplexity")
 
 
 @dataclass
@@ -33,6 +38,15 @@ class PerplexityResult:
     tokens_per_second: float
 
 
+def _check_window_args(n_tokens: int, max_length: int, stride: int) -> None:
+    if max_length < 2:
+        raise ValueError(f"max_length={max_length} is invalid: it must be >= 2 (a target needs one context token)")
+    if not 1 <= stride <= max_length:
+        raise ValueError(f"stride={stride} is invalid: it must be in [1, max_length={max_length}]")
+    if n_tokens < 2:
+        raise ValueError(f"n_tokens={n_tokens} is invalid: at least 2 tokens are needed to score one")
+
+
 def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, n_target) per window: the HF sliding-window algorithm, with n_target the tokens really scored.
 
@@ -43,12 +57,7 @@ def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[i
     ``stride < max_length`` and ``n - len(windows)`` for ``stride == max_length``. A window that would score nothing
     (a 1-token tail when ``stride == max_length``) is left out.
     """
-    if max_length < 2:
-        raise ValueError(f"max_length={max_length} is invalid: it must be >= 2 (a target needs one context token)")
-    if not 1 <= stride <= max_length:
-        raise ValueError(f"stride={stride} is invalid: it must be in [1, max_length={max_length}]")
-    if n_tokens < 2:
-        raise ValueError(f"n_tokens={n_tokens} is invalid: at least 2 tokens are needed to score one")
+    _check_window_args(n_tokens, max_length, stride)
     windows: list[tuple[int, int, int]] = []
     prev_end = 0
     for begin in range(0, n_tokens, stride):
@@ -68,7 +77,28 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _score_batch(model: nn.Module, stream: torch.Tensor, batch: list[tuple[int, int, int]]) -> tuple[float, int]:
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the forward can skip the LM head at unscored positions (transformers causal LMs can)."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a forward without a readable signature
+        return False
+
+
+def _result(nll_sum: float, count: int, seconds: float) -> PerplexityResult:
+    mean_nll = nll_sum / count
+    return PerplexityResult(
+        perplexity=math.exp(mean_nll) if mean_nll < 700.0 else math.inf,  # exp overflows past ~709
+        nll=mean_nll,
+        scored_tokens=count,
+        seconds=seconds,
+        tokens_per_second=count / seconds if seconds > 0 else math.inf,
+    )
+
+
+def _score_batch(
+    model: nn.Module, stream: torch.Tensor, batch: list[tuple[int, int, int]], keep_logits: bool
+) -> tuple[float, int]:
     """Summed NLL (float64) and target count of a batch of windows, right-padded into one forward pass."""
     width = max(end - begin for begin, end, _ in batch)
     # Right padding is safe: under causal attention a pad only ever follows the real tokens, so it cannot change
@@ -84,10 +114,18 @@ def _score_batch(model: nn.Module, stream: torch.Tensor, batch: list[tuple[int, 
         rows.append(torch.full((n_target,), row, dtype=torch.long))
     row_idx = torch.cat(rows).to(ids.device)
     col_idx = torch.cat(cols).to(ids.device)
-    logits = model(input_ids=ids).logits
+    labels = ids[row_idx, col_idx + 1]
+    if keep_logits:
+        # The LM head is a large share of the FLOPs (GPT-2 small: ~30%); with stride = max_length / 2 half of every
+        # window is context only, so project just the positions that predict a target.
+        kept, col_idx = torch.unique(col_idx, sorted=True, return_inverse=True)
+        logits = model(input_ids=ids, logits_to_keep=kept).logits
+        if logits.shape[1] != kept.numel():
+            raise RuntimeError(f"the model returned {logits.shape[1]} positions for logits_to_keep of {kept.numel()}")
+    else:
+        logits = model(input_ids=ids).logits
     # Select the predicting positions before the loss, so log-softmax only runs over rows that are targets.
     picked = logits[row_idx, col_idx].float()
-    labels = ids[row_idx, col_idx + 1]
     nll = F.cross_entropy(picked, labels, reduction="none")
     # Sum on the CPU in float64: some backends (MPS) lack float64, and the transfer is only n_target floats.
     return nll.to("cpu", torch.float64).sum().item(), int(labels.numel())
@@ -128,6 +166,7 @@ def perplexity(
     # Round-robin rather than contiguous: the short last window and the long ones spread evenly over ranks.
     mine = windows[rank::world]
     stream = input_ids.to(device=device, dtype=torch.long)
+    keep_logits = _takes_logits_to_keep(net)
 
     was_training = model.training
     model.eval()
@@ -136,7 +175,7 @@ def perplexity(
         start = time.perf_counter()
         with torch.inference_mode():
             for i in range(0, len(mine), batch_size):
-                batch_nll, batch_count = _score_batch(net, stream, mine[i : i + batch_size])
+                batch_nll, batch_count = _score_batch(net, stream, mine[i : i + batch_size], keep_logits)
                 nll_sum += batch_nll
                 count += batch_count
         seconds = time.perf_counter() - start  # the .item() above already synchronised the device
@@ -146,8 +185,10 @@ def perplexity(
     if world > 1:
         # Each rank sends exactly one equal-shaped row, so plain gather is correct: no uneven per-window lists to
         # pad, and nothing for gather_for_metrics to drop (it only trims duplicates of a *prepared* dataloader,
-        # which a manual split lacks). Gather rather than reduce because the wall time wants a max, not a sum.
-        # Every rank sums the same gathered tensor in the same order, so all return bit-identical results.
+        # which a manual split lacks). Worse, gather_for_metrics consults the *active* dataloader: called inside a
+        # training loop's last batch it would truncate these rows to that loader's remainder. Gather rather than
+        # reduce because the wall time wants a max, not a sum. Every rank sums the same gathered tensor in the same
+        # order, so all return bit-identical results.
         row = torch.tensor([[nll_sum, float(count), seconds]], dtype=torch.float64, device=device)
         rows = accelerator.gather(row).cpu()  # type: ignore[union-attr]
         nll_sum, count, seconds = rows[:, 0].sum().item(), int(rows[:, 1].sum().item()), rows[:, 2].max().item()
@@ -155,11 +196,41 @@ def perplexity(
     expected = sum(n_target for _, _, n_target in windows)
     if count != expected:
         raise RuntimeError(f"scored {count} tokens but the windows hold {expected}: processes saw different inputs?")
-    mean_nll = nll_sum / count
-    return PerplexityResult(
-        perplexity=math.exp(mean_nll) if mean_nll < 700.0 else math.inf,  # exp overflows past ~709
-        nll=mean_nll,
-        scored_tokens=count,
-        seconds=seconds,
-        tokens_per_second=count / seconds if seconds > 0 else math.inf,
-    )
+    return _result(nll_sum, count, seconds)
+
+
+def perplexity_reference(
+    model: nn.Module, input_ids: torch.Tensor, max_length: int, stride: int | None = None
+) -> PerplexityResult:
+    """The batch-1 loop of the HF guide, written out plainly: the yardstick ``perplexity`` is tested and timed against.
+
+    Independent of ``sliding_windows`` and ``_score_batch`` on purpose: one window per forward, the guide's own
+    bookkeeping (``trg_len = end - prev_end``), log-softmax over every position in float64, one process only.
+    """
+    stride = max_length if stride is None else stride
+    ids = input_ids.reshape(-1).to(device=_model_device(model), dtype=torch.long)
+    n = ids.numel()
+    _check_window_args(n, max_length, stride)
+    was_training = model.training
+    model.eval()
+    total, count, prev_end = 0.0, 0, 0
+    try:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for begin in range(0, n, stride):
+                end = min(begin + max_length, n)
+                window = ids[begin:end]
+                logits = model(input_ids=window[None]).logits[0]
+                log_probs = torch.log_softmax(logits[:-1].double(), dim=-1)
+                token_nll = -log_probs.gather(1, window[1:, None])[:, 0]  # entry j scores window position j + 1
+                trg_len = min(end - prev_end, window.numel() - 1)  # position 0 of a window has no context
+                if trg_len > 0:
+                    total += token_nll[-trg_len:].sum().item()
+                    count += trg_len
+                prev_end = end
+                if end == n:
+                    break
+        seconds = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+    return _result(total, count, seconds)

@@ -5,7 +5,8 @@ from __future__ import annotations
 COLUMNS = ("round", "run", "sparsity", "attention", "MLP", "val ppl", "steps", "seconds")
 
 
-def _markdown(rows: list[list[str]]) -> str:
+def markdown_table(rows: list[list[str]]) -> str:
+    """A Markdown table (first row: header) with aligned columns, readable as plain text too."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -27,7 +28,7 @@ def _row(result: dict) -> list[str]:
 
 def results_table(summary: dict) -> str:
     """A Markdown table of every round and control in ``summary`` (the content of results.json)."""
-    return _markdown([list(COLUMNS)] + [_row(r) for r in summary["rounds"] + summary.get("controls", [])])
+    return markdown_table([list(COLUMNS)] + [_row(r) for r in summary["rounds"] + summary.get("controls", [])])
 
 
 def per_layer_table(per_layer: dict[str, dict[str, float]]) -> str:
@@ -35,4 +36,4 @@ def per_layer_table(per_layer: dict[str, dict[str, float]]) -> str:
     groups = sorted({g for layer in per_layer.values() for g in layer})
     rows = [["layer", *groups]]
     rows += [[layer, *(f"{per_layer[layer].get(g, 0.0):.1%}" for g in groups)] for layer in sorted(per_layer, key=int)]
-    return _markdown(rows)
+    return markdown_table(rows)

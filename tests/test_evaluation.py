@@ -1,4 +1,4 @@
-"""Batched sliding-window perplexity must equal a naive batch-1 reference and closed-form cases exactly."""
+"""Batched sliding-window perplexity must equal the batch-1 reference, and both must equal closed-form cases."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt_tickets.evaluation import PerplexityResult, perplexity, sliding_windows
+from gpt_tickets.evaluation import PerplexityResult, perplexity, perplexity_reference, sliding_windows
 
 VOCAB = 97
 
@@ -41,23 +41,9 @@ def stream() -> torch.Tensor:
 
 
 def _reference(model: nn.Module, ids: torch.Tensor, max_length: int, stride: int) -> tuple[float, int]:
-    """Summed NLL and count, one window at a time, with the window bookkeeping written independently (HF guide)."""
-    total, count, prev_end, n = 0.0, 0, 0, ids.numel()
-    with torch.no_grad():
-        for begin in range(0, n, stride):
-            end = min(begin + max_length, n)
-            window = ids[begin:end]
-            logits = model(window[None]).logits[0]
-            logp = torch.log_softmax(logits[:-1].double(), dim=-1)
-            token_nll = -logp.gather(1, window[1:, None])[:, 0]  # entry j scores window position j + 1
-            trg_len = min(end - prev_end, window.numel() - 1)  # position 0 of a window has no context
-            if trg_len > 0:
-                total += token_nll[-trg_len:].sum().item()
-                count += trg_len
-            prev_end = end
-            if end == n:
-                break
-    return total, count
+    """Summed NLL and count of the package's batch-1 reference (itself checked against closed forms below)."""
+    result = perplexity_reference(model, ids, max_length, stride)
+    return result.nll * result.scored_tokens, result.scored_tokens
 
 
 class _FixedLogits(nn.Module):
@@ -69,6 +55,24 @@ class _FixedLogits(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
         return SimpleNamespace(logits=self.row.expand(*input_ids.shape, -1))
+
+
+class _LastTokenBigram(nn.Module):
+    """An 'LM' whose next-token distribution depends on the current token only: a closed form that still needs the
+    right positions and labels. It honours ``logits_to_keep`` like a transformers model, so it drives both paths."""
+
+    def __init__(self, table: torch.Tensor, takes_logits_to_keep: bool) -> None:
+        super().__init__()
+        self.register_buffer("table", table)  # [vocab, vocab] log-probabilities, row = current token
+        if not takes_logits_to_keep:
+            self.forward = self._forward_all  # type: ignore[method-assign]
+
+    def forward(self, input_ids: torch.Tensor, logits_to_keep: torch.Tensor | int = 0) -> SimpleNamespace:
+        logits = self.table[input_ids]
+        return SimpleNamespace(logits=logits if isinstance(logits_to_keep, int) else logits[:, logits_to_keep])
+
+    def _forward_all(self, input_ids: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.table[input_ids])
 
 
 def test_sliding_windows_by_hand() -> None:
@@ -125,13 +129,49 @@ def test_uniform_model_has_perplexity_vocab() -> None:
     assert result.nll == pytest.approx(math.log(VOCAB), rel=1e-6)
 
 
-def test_skewed_fixed_model_closed_form() -> None:
+@pytest.mark.parametrize("method", ["batched", "reference"])
+def test_skewed_fixed_model_closed_form(method: str) -> None:
     probs = torch.tensor([0.5, 0.25, 0.125, 0.125])
     ids = torch.tensor([3, 0, 0, 1, 2, 0, 1])  # scored: 0 0 1 2 0 1 -> nll = (3 ln2 + 2*2 ln2 + 3 ln2) / 6
-    result = perplexity(_FixedLogits(probs.log()), ids, max_length=3, stride=2, batch_size=2)
+    lm = _FixedLogits(probs.log())
+    if method == "batched":
+        result = perplexity(lm, ids, max_length=3, stride=2, batch_size=2)
+    else:
+        result = perplexity_reference(lm, ids, max_length=3, stride=2)
     assert result.scored_tokens == 6
     assert result.nll == pytest.approx(10 * math.log(2) / 6, rel=1e-6)
     assert result.perplexity == pytest.approx(2 ** (10 / 6), rel=1e-6)
+
+
+# Bigram table: after token a the next is b with probability P[a][b]. Stream 0 1 2 1 0 2 2 (n=7).
+BIGRAM = torch.tensor([[0.5, 0.25, 0.25], [0.125, 0.5, 0.375], [0.25, 0.25, 0.5]]).log()
+STREAM = torch.tensor([0, 1, 2, 1, 0, 2, 2])
+
+
+def _bigram_nll(pairs: list[tuple[int, int]]) -> float:
+    return -sum(BIGRAM[a, b].item() for a, b in pairs)
+
+
+@pytest.mark.parametrize("method", ["batched", "batched-logits_to_keep", "reference"])
+@pytest.mark.parametrize(
+    ("max_length", "stride", "scored"),
+    [
+        # stride < max_length: every token but the first, each once (windows (0,4),(2,6),(4,7))
+        (4, 2, [1, 2, 3, 4, 5, 6]),
+        # stride = max_length: windows (0,3),(3,6),(6,7); each window's first token has no context, the tail is empty
+        (3, 3, [1, 2, 4, 5]),
+    ],
+)
+def test_bigram_model_by_hand(method: str, max_length: int, stride: int, scored: list[int]) -> None:
+    """Every scored token t is predicted from token t - 1, so the exact NLL is a sum over hand-picked pairs."""
+    pairs = [(int(STREAM[t - 1]), int(STREAM[t])) for t in scored]
+    if method == "reference":
+        result = perplexity_reference(_LastTokenBigram(BIGRAM, False), STREAM, max_length, stride)
+    else:
+        lm = _LastTokenBigram(BIGRAM, takes_logits_to_keep=method.endswith("logits_to_keep"))
+        result = perplexity(lm, STREAM, max_length, stride, batch_size=2)
+    assert result.scored_tokens == len(scored)
+    assert result.nll == pytest.approx(_bigram_nll(pairs) / len(scored), rel=1e-6)
 
 
 def test_training_mode_restored_and_dropout_off(stream: torch.Tensor) -> None:
