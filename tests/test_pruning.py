@@ -8,6 +8,15 @@ from gpt_tickets.config import ConfigError
 from gpt_tickets.masks import Mask, MaskedParameters, sparsity_report
 from gpt_tickets.pruning import magnitude_prune
 
+TINY_DECODER = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    vocab_size=50,
+)
+
 
 def tiny_gpt2() -> GPT2LMHeadModel:
     torch.manual_seed(0)
@@ -38,26 +47,8 @@ def test_embeddings_are_opt_in_and_tied_head_counted_once():
 @pytest.mark.parametrize(
     "model",
     [
-        lambda: LlamaForCausalLM(
-            LlamaConfig(
-                hidden_size=16,
-                intermediate_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=1,
-                vocab_size=50,
-            )
-        ),
-        lambda: Qwen2ForCausalLM(
-            Qwen2Config(
-                hidden_size=16,
-                intermediate_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=1,
-                vocab_size=50,
-            )
-        ),
+        lambda: LlamaForCausalLM(LlamaConfig(**TINY_DECODER)),
+        lambda: Qwen2ForCausalLM(Qwen2Config(**TINY_DECODER)),
     ],
     ids=["llama", "qwen2"],
 )

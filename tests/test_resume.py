@@ -40,6 +40,26 @@ def reference(tmp_path_factory) -> Path:
     return run
 
 
+def two_cpu_processes(port: int) -> list[str]:
+    """The launcher line that really starts two CPU ranks over gloo (``--cpu --num_processes 2`` starts one)."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]
+
+
 def checkpoints(run: Path) -> list[Path]:
     folder = run / "checkpoints"
     return (
@@ -94,22 +114,7 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, reference
 
 
 def test_two_processes_over_gloo_match_one_process(tmp_path, reference):
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29533",
-    ]
+    launcher = two_cpu_processes(port=29533)
     result = find(tmp_path / "run", launcher=launcher, env={"ACCELERATE_USE_CPU": "true"})
     assert result.returncode == 0, result.stderr
     assert "2 per device x 2 processes x 1 accumulation" in result.stdout
@@ -125,22 +130,7 @@ def test_two_processes_over_gloo_match_one_process(tmp_path, reference):
 
 
 def test_world_size_that_does_not_divide_the_global_batch_is_refused(tmp_path):
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29534",
-    ]
+    launcher = two_cpu_processes(port=29534)
     result = find(tmp_path / "run", "--train.batch_size", "5", launcher=launcher, env={"ACCELERATE_USE_CPU": "true"})
     assert result.returncode != 0
     assert "train.batch_size=5 is not a multiple of micro_batch_size=2 x 2 processes" in result.stderr
