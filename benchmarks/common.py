@@ -32,3 +32,11 @@ def write_section(path: str | Path, title: str, body: str) -> None:
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     atomic_write_text(text.rstrip() + "\n", path)
+
+
+def publish(title: str, lines: list[str], write: str | None) -> None:
+    """Print a benchmark's report with the machine it ran on, and rewrite its section of ``write`` if given."""
+    text = "\n".join([*lines, "", f"Machine: {machine_description()}"])
+    print(text)
+    if write:
+        write_section(write, title, text)

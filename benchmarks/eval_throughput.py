@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from benchmarks.common import machine_description, write_section
+from benchmarks.common import publish
 from gpt_tickets.config import TINY_GPT2
 from gpt_tickets.evaluation import PerplexityResult, perplexity, perplexity_reference, sliding_windows
 
@@ -131,15 +131,10 @@ def main() -> None:
         "FLOPs = 2 x N x tokens fed through the model (window lengths summed; the token embedding counted once, as "
         "the tied output projection; attention scores not counted), as a share of the FLOP/s of a "
         f"{matmul_n} x {matmul_n} fp32 matmul measured in the same run: {peak / 1e9:.1f} GFLOP/s.",
-        "",
-        f"Machine: {machine_description()}",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        if args.quick:
-            raise SystemExit("--quick numbers are meaningless; run without --quick to --write")
-        write_section(args.write, "Evaluation throughput: batched vs batch-1 reference", text)
+    if args.write and args.quick:
+        raise SystemExit("--quick numbers are meaningless; run without --quick to --write")
+    publish("Evaluation throughput: batched vs batch-1 reference", lines, args.write)
 
 
 if __name__ == "__main__":

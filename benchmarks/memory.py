@@ -235,7 +235,7 @@ def main() -> None:
     if args.quick and args.write:
         parser.error("--quick numbers mean nothing; run without --quick to --write them")
 
-    from benchmarks.common import machine_description
+    from benchmarks.common import publish
 
     specs = _specs(args)
     lines = [
@@ -254,13 +254,7 @@ def main() -> None:
                 runs[mode].append(_measure({**spec, "size": size, "mode": mode, "threads": args.threads}))
                 print(f"{size} {mode}: round peak {_mib(runs[mode][-1]['round_peak'])} MiB", file=sys.stderr)
         lines += [*_report(size, spec, runs, args.quick), ""]
-    lines.append(f"Machine: {machine_description()}")
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        from benchmarks.common import write_section
-
-        write_section(args.write, "Peak memory of a round: masked vs dense", text)
+    publish("Peak memory of a round: masked vs dense", lines[:-1], args.write)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from benchmarks.common import machine_description, write_section
+from benchmarks.common import publish
 from gpt_tickets.architectures import prunable_weights
 from gpt_tickets.config import TINY_GPT2, TrainConfig
 from gpt_tickets.masks import Mask, MaskedParameters
@@ -96,13 +96,8 @@ def main() -> None:
         f"against a {step_ms:.0f} ms dense step, i.e. an expected ratio of {step_ms / (step_ms + mask_ms):.3f}. On a "
         "shared 2-core machine the whole-step ratios above scatter by several percent from pair to pair; this "
         "isolated figure is the low-noise one.",
-        "",
-        f"Machine: {machine_description()}",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(args.write, "Training throughput: masked vs dense", text)
+    publish("Training throughput: masked vs dense", lines, args.write)
 
 
 if __name__ == "__main__":
