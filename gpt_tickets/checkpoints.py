@@ -14,6 +14,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from .config import first_line
+
 KEEP = 2
 
 
@@ -70,8 +72,9 @@ class Checkpoints:
             try:
                 self.acc.load_state(str(path))
             except Exception as err:  # a truncated or corrupted file: say so and try the one before
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                self.acc.print(f"gpt_tickets: checkpoint {path} is unreadable ({reason}); trying the previous one")
+                self.acc.print(
+                    f"gpt_tickets: checkpoint {path} is unreadable ({first_line(err)}); trying the previous one"
+                )
                 continue
             if self.progress.phase == phase:
                 self.acc.print(f"gpt_tickets: resuming {phase} at step {self.progress.step} from {path}")

@@ -42,6 +42,12 @@ class ConfigError(ValueError):
     """A bad value in a run config; its message is one line naming the value and what is allowed."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first non-blank line of a library error, so the errors we raise from it stay one line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -339,5 +345,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first_line(err)}") from None
     return config_from_dict(apply_overrides(data, overrides or []))

@@ -20,7 +20,7 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from gpt_tickets.config import ConfigError, DataConfig
+from .config import ConfigError, DataConfig, first_line
 
 EOS_TOKEN = "<|endoftext|>"
 # GPT-2's context length; callers that know their model's n_positions may override it on the tokenizer.
@@ -35,8 +35,7 @@ class DataError(ConfigError):
 
 def _first_line(err: BaseException) -> str:
     """The first non-blank line of an error, so wrapped library errors keep DataError messages to one line."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    first = lines[0] if lines else type(err).__name__
+    first = first_line(err)
     # datasets wraps the real reason (e.g. a JSON parse error) in a generic "error while generating" message.
     if isinstance(err, datasets.exceptions.DatasetGenerationError) and err.__cause__ is not None:
         return f"{first}: {_first_line(err.__cause__)}"

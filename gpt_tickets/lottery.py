@@ -131,7 +131,7 @@ class Lottery:
     def __init__(self, cfg: RunConfig, acc: Accelerator) -> None:
         self.cfg, self.acc, self.run_dir = cfg, acc, RunDir(cfg.output_dir)
         run = self.run_dir
-        micro, accumulation = cfg.train.batch_layout(acc.num_processes)  # a bad world size fails before any write
+        cfg.train.batch_layout(acc.num_processes)  # a world size that does not divide the batch fails before writes
         train_texts, val_texts = load_text_splits(cfg.data)
         if cfg.model.init == "pretrained":  # fails fast, before anything is written
             model = build_model(cfg.model, None, cfg.seed)
@@ -159,8 +159,8 @@ class Lottery:
         acc.print(
             f"gpt_tickets: {sum(p.numel() for p in self.plain.parameters()):,} parameters, "
             f"{self.full_mask.numel():,} prunable; {len(train_blocks)} train blocks x {cfg.data.block_size} tokens; "
-            f"global batch {cfg.train.batch_size} = {micro} per device x {acc.num_processes} processes x "
-            f"{accumulation} accumulation; run dir {run.root}"
+            f"global batch {cfg.train.batch_size} = {self.trainer.micro_batch} per device x {acc.num_processes} "
+            f"processes x {self.trainer.accumulation} accumulation; run dir {run.root}"
         )
         if cfg.track.log_with:
             acc.init_trackers(cfg.track.project_name, config=_flat(cfg.to_dict()))

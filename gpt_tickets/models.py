@@ -15,7 +15,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, first_line
 from .io import atomic_save_tensors
 
 
@@ -30,10 +30,9 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None, see
                 cfg.name_or_path, revision=cfg.revision, use_safetensors=True, trust_remote_code=False
             )
         except Exception as err:  # transformers raises OSError, ValueError, EnvironmentError ... here
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(
                 f"model.name_or_path={cfg.name_or_path!r} cannot be loaded (offline cache, local folder with "
-                f"safetensors weights, or the Hub): {reason}"
+                f"safetensors weights, or the Hub): {first_line(err)}"
             ) from None
     assert tokenizer is not None, "init=scratch sizes the model to its tokenizer"
     config = scratch_config(
@@ -66,8 +65,13 @@ def scratch_config(cfg: ModelConfig, **overrides) -> PretrainedConfig:
         raise ConfigError(f"model.config={cfg.config} is not valid for {cfg.model_type}: {err}") from None
 
 
+def context_length(config: PretrainedConfig) -> int | None:
+    """Longest input the model's positions allow (GPT-2 names it n_positions, Llama-like max_position_embeddings)."""
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
 def check_context(block_size: int, config: PretrainedConfig) -> None:
-    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    context = context_length(config)
     if context is not None and block_size > context:
         raise ConfigError(f"data.block_size={block_size} exceeds the model's context of {context} tokens")
 

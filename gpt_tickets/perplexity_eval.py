@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError
+from .config import ConfigError, first_line
 from .report import markdown_table
 
 if TYPE_CHECKING:
@@ -24,11 +24,6 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
 __all__ = ["ModelPerplexity", "TextSource", "evaluate_models", "evaluate_texts", "results_table", "save_results"]
-
-
-def _reason(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 @dataclass
@@ -97,7 +92,7 @@ def _causal_lm_config(model_id: str) -> PretrainedConfig:
     except Exception as err:  # not found, offline, no config.json, remote code: all mean "cannot load"
         raise ConfigError(
             f"model {model_id!r} cannot be loaded: give a local folder with config.json and safetensors weights, or "
-            f"a Hub id in the offline cache or on the Hub ({_reason(err)})"
+            f"a Hub id in the offline cache or on the Hub ({first_line(err)})"
         ) from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ConfigError(
@@ -105,10 +100,6 @@ def _causal_lm_config(model_id: str) -> PretrainedConfig:
             "AutoModelForCausalLM loads (GPT-2, Llama, Mistral, Qwen2, ...)"
         )
     return config
-
-
-def _context_length(config: PretrainedConfig) -> int | None:
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def _check_numbers(max_length: int | None, stride: int | None, batch_size: int = 1) -> None:
@@ -124,8 +115,10 @@ def _check_numbers(max_length: int | None, stride: int | None, batch_size: int =
 
 
 def _plan(model_id: str, max_length: int | None, stride: int | None) -> _Plan:
+    from .models import context_length
+
     config = _causal_lm_config(model_id)
-    context = _context_length(config)
+    context = context_length(config)
     if max_length is None:
         if context is None:
             raise ConfigError(f"model {model_id!r} states no context length; give max_length (--max-length)")
@@ -150,7 +143,7 @@ def _load_model(plan: _Plan) -> PreTrainedModel:
     except Exception as err:  # missing or non-safetensors weights, a broken file ...
         raise ConfigError(
             f"model {plan.model_id!r} has a config but its weights cannot be loaded; it needs safetensors weights "
-            f"({_reason(err)})"
+            f"({first_line(err)})"
         ) from None
 
 
@@ -163,7 +156,7 @@ def _ticket_sparsity(model_id: str) -> dict[str, float] | None:
     try:
         return dict(json.loads(path.read_text())["sparsity"])
     except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{str(path)!r} has no readable 'sparsity' entry ({_reason(err)}); re-export it") from None
+        raise ConfigError(f"{str(path)!r} has no readable 'sparsity' entry ({first_line(err)}); re-export it") from None
 
 
 def _score(plan: _Plan, texts: list[str], batch_size: int, accelerator: Accelerator) -> ModelPerplexity:
