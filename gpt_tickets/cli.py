@@ -11,6 +11,7 @@ import json
 import sys
 
 from .config import ConfigError, load_config
+from .ticket_format import TicketError
 
 
 def _find(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -80,6 +81,39 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(run=_eval)
 
 
+def _push(args: argparse.Namespace, rest: list[str]) -> int:
+    if rest:
+        raise ConfigError(f"unrecognized arguments for push: {' '.join(rest)}")
+    from .push import push_ticket
+
+    commit = push_ticket(
+        args.ticket_dir,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        commit_message=args.commit_message,
+    )
+    print(f"pushed {args.ticket_dir}: {commit.pr_url or commit.commit_url}")
+    return 0
+
+
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    push = sub.add_parser(
+        "push",
+        help="upload a ticket folder to the Hugging Face Hub as one commit",
+        description="Checks the token (HF_TOKEN or `hf auth login`), then the folder (masks, zeros, formats) the way "
+        "load_ticket does, then uploads it with HfApi.upload_folder in one commit.",
+    )
+    push.add_argument("ticket_dir", help="a ticket folder, e.g. runs/tiny/ticket")
+    push.add_argument("--repo-id", required=True, help="Hub repo, org/name (created when missing)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", default=None, help="branch to commit to (created when missing)")
+    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    push.add_argument("--commit-message", default=None, help="commit message (default names the sparsity)")
+    push.set_defaults(run=_push)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt-tickets", description="Lottery tickets for GPT-2-style causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--config", default=None, help="YAML run config (default: the embedded tiny config)")
     find.set_defaults(run=_find)
     _add_eval(sub)
+    _add_push(sub)
     return parser
 
 
@@ -99,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         return args.run(args, rest)
-    except ConfigError as err:
+    except (ConfigError, TicketError) as err:
         print(f"gpt-tickets: error: {err}", file=sys.stderr)
         return 2
 

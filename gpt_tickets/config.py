@@ -24,6 +24,7 @@ INITS = ("scratch", "pretrained")
 DATA_SOURCES = ("embedded", "hub", "files")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 CONTROLS = ("random_reinit",)
+WEIGHT_FORMATS = ("dense", "compact", "both")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio")
 
 # The embedded default: small enough that the whole ticket loop runs in minutes on 2 CPU cores.
@@ -205,6 +206,26 @@ class TrackConfig:
 
 
 @dataclass
+class ExportConfig:
+    format: str = field(
+        default="dense",
+        metadata={"help": "dense (model.safetensors), compact (kept values + bitmaps) or both"},
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Hub repo id (org/name) the ticket is pushed to at the end (None: no push)"}
+    )
+    private: bool = field(default=False, metadata={"help": "create the Hub repo private"})
+
+    def __post_init__(self) -> None:
+        _one_of("export.format", self.format, WEIGHT_FORMATS)
+        if self.push_to_hub is not None:
+            _check(
+                self.push_to_hub.count("/") == 1 and all(self.push_to_hub.split("/")),
+                f"export.push_to_hub={self.push_to_hub!r} is not a repo id; write it as org/name",
+            )
+
+
+@dataclass
 class RunConfig:
     output_dir: str = field(default="runs/tiny", metadata={"help": "run directory (results, masks, ticket)"})
     seed: int = field(default=0, metadata={"help": "seed of init, data order and controls"})
@@ -214,6 +235,7 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     controls: list[str] = field(
         default_factory=lambda: ["random_reinit"], metadata={"help": "control runs on the final mask"}
     )
@@ -238,11 +260,12 @@ class RunConfig:
     def fingerprint(self) -> str:
         """Hash of everything that affects results, naming a run's identity.
 
-        Where results go, how often they are checkpointed and what logs them does not change them.
+        Where results go, how often they are checkpointed, what logs them and how the ticket is shipped does not
+        change them.
         """
         payload = self.to_dict()
-        payload.pop("output_dir")
-        payload.pop("track")
+        for key in ("output_dir", "track", "export"):
+            payload.pop(key)
         payload["train"].pop("checkpoint_every")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -1,4 +1,4 @@
-"""Write a ticket as a folder that plain ``transformers`` loads, plus its masks, config and model card."""
+"""Write a ticket as a folder that plain ``transformers`` loads, plus its masks, settings and model card."""
 
 from __future__ import annotations
 
@@ -7,17 +7,23 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
-from huggingface_hub import ModelCardData
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import RunConfig
-from .io import atomic_write_json, replace_dir
-from .masks import Mask, sparsity_report
-from .report import per_layer_table, results_table
-
-FORMAT_VERSION = 1
-MASKS_FILE = "ticket_masks.safetensors"
-TICKET_CONFIG_FILE = "ticket_config.json"
+from .io import atomic_write_json, atomic_write_text, replace_dir
+from .masks import Mask, mask_checksum, sparsity_report
+from .model_card import model_card
+from .ticket_format import (
+    COMPACT_FILE,
+    DENSE_FILE,
+    DENSE_INDEX_FILE,
+    FORMAT_VERSION,
+    MASKS_FILE,
+    TICKET_CONFIG_FILE,
+    read_dense_weights,
+    save_compact,
+    save_packed_masks,
+)
 
 
 def package_version() -> str:
@@ -27,11 +33,13 @@ def package_version() -> str:
         return "unknown"
 
 
-def ticket_config(cfg: RunConfig, mask: Mask, model_type: str) -> dict:
+def ticket_config(cfg: RunConfig, mask: Mask, model_type: str, weights_format: str) -> dict:
     report = sparsity_report(mask, model_type)
     return {
         "format_version": FORMAT_VERSION,
-        "base_model": cfg.model.name_or_path if cfg.model.init == "pretrained" else None,
+        "weights_format": weights_format,
+        "base_model": cfg.model.name_or_path if cfg.model.init == "pretrained" else None,  # Hub id or folder
+        "base_model_revision": cfg.model.revision,
         "base_config": None
         if cfg.model.init == "pretrained"
         else {"model_type": cfg.model.model_type, **cfg.model.config},
@@ -43,54 +51,21 @@ def ticket_config(cfg: RunConfig, mask: Mask, model_type: str) -> dict:
         "groups": cfg.prune.groups,
         "sparsity": {k: report[k] for k in ("overall", "attention", "mlp", "embeddings") if k in report},
         "per_layer_sparsity": report["per_layer"],
+        "mask_checksum": mask_checksum(mask),
         "gpt_tickets_version": package_version(),
     }
 
 
-def _dataset_name(cfg: RunConfig) -> str:
-    if cfg.data.source == "hub":
-        return cfg.data.name
-    return "pydoc_data.topics (Python standard library)" if cfg.data.source == "embedded" else "local files"
-
-
-def model_card(cfg: RunConfig, summary: dict, tcfg: dict) -> str:
-    final = summary["rounds"][-1]
-    data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        base_model=tcfg["base_model"],
-        tags=["lottery-ticket", "sparse", "pruned", "gpt_tickets"],
-        datasets=[cfg.data.name] if cfg.data.source == "hub" else None,
-    )
-    rewind = "initialisation" if cfg.prune.rewind_step == 0 else f"step {cfg.prune.rewind_step} of dense training"
-    return f"""---
-{data.to_yaml()}
----
-
-# Lottery ticket at {final["sparsity"]:.1%} sparsity
-
-Found by [gpt_tickets](https://pypi.org/project/gpt-tickets/) with iterative magnitude pruning: {cfg.prune.rounds}
-rounds, each pruning {cfg.prune.fraction:.0%} of the remaining {", ".join(cfg.prune.groups)} weights
-({cfg.prune.scope} scope) by magnitude, rewinding the survivors to {rewind}, and retraining
-{cfg.train.steps} steps. Validation perplexity on {_dataset_name(cfg)} with windows of {cfg.data.block_size} tokens.
-
-{results_table(summary)}
-
-Sparsity of the ticket per layer:
-
-{per_layer_table(tcfg["per_layer_sparsity"])}
-
-## Load it
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("<this folder or repo>")  # zeros where pruned
-tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")
-```
-
-The masks are in `{MASKS_FILE}` (one boolean tensor per pruned weight, named after it), the settings in
-`{TICKET_CONFIG_FILE}`.
-"""
+def write_weights(model: PreTrainedModel, mask: Mask, folder: Path, weights_format: str) -> None:
+    """The model (``save_pretrained``) and its masks in ``folder``, the weights dense, compact or both."""
+    model.save_pretrained(folder, safe_serialization=True)
+    save_packed_masks(mask, folder / MASKS_FILE)
+    if weights_format != "dense":
+        # Encoded from the files save_pretrained wrote, so decoding gives back exactly those tensors.
+        save_compact(read_dense_weights(folder), mask, folder / COMPACT_FILE)
+    if weights_format == "compact":
+        for dense_file in [DENSE_FILE, DENSE_INDEX_FILE, *(p.name for p in folder.glob("model-*.safetensors"))]:
+            (folder / dense_file).unlink(missing_ok=True)
 
 
 @torch.no_grad()
@@ -101,19 +76,25 @@ def export_ticket(
     cfg: RunConfig,
     summary: dict,
     out_dir: str | Path,
+    weights_format: str | None = None,
 ) -> Path:
-    """Write the ticket into ``out_dir`` atomically (a temp folder renamed into place)."""
+    """Write the ticket into ``out_dir`` atomically (a temp folder renamed into place).
+
+    Args:
+        weights_format: ``dense`` (``model.safetensors``, zeros where pruned), ``compact`` (kept values and bitmaps
+            only) or ``both``; default ``cfg.export.format``.
+    """
+    weights_format = weights_format or cfg.export.format
     out_dir = Path(out_dir)
     for name, m in mask.items():
         if model.get_parameter(name).detach().cpu()[~m].any():
             raise ValueError(f"weight {name!r} is non-zero where its mask is 0; refusing to export")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    write_weights(model, mask, tmp, weights_format)
     tokenizer.save_pretrained(tmp)
-    mask.save(tmp / MASKS_FILE)
-    tcfg = ticket_config(cfg, mask, model.config.model_type)
+    tcfg = ticket_config(cfg, mask, model.config.model_type, weights_format)
     atomic_write_json(tcfg, tmp / TICKET_CONFIG_FILE)
-    (tmp / "README.md").write_text(model_card(cfg, summary, tcfg))
+    atomic_write_text(model_card(cfg, summary, tcfg), tmp / "README.md")
     replace_dir(tmp, out_dir)
     return out_dir

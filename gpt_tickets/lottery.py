@@ -8,7 +8,6 @@ when the same command runs again, and controls are cheap branches off the saved 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from .data import group_into_blocks, load_pretrained_tokenizer, load_text_splits
 from .evaluation import perplexity
 from .export import export_ticket
 from .io import atomic_write_json, atomic_write_text
-from .masks import Mask, MaskedParameters, sparsity_report
+from .masks import Mask, MaskedParameters, mask_checksum, sparsity_report
 from .models import (
     build_model,
     check_context,
@@ -35,6 +34,8 @@ from .models import (
     scratch_config,
 )
 from .pruning import magnitude_prune
+from .push import push_ticket, require_token
+from .ticket_format import TicketError
 from .training import Trainer
 
 
@@ -107,14 +108,6 @@ def _phase_result(kind: str, r: int, mask: Mask, model_type: str, outcome, ppl) 
     }
 
 
-def mask_checksum(mask: Mask) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(mask):
-        digest.update(name.encode())
-        digest.update(mask[name].numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def find_ticket(cfg: RunConfig, accelerator: Accelerator | None = None) -> dict:
     """Run IMP with rewinding as ``cfg`` says; returns the content of ``results.json``."""
     acc = accelerator or Accelerator(
@@ -132,6 +125,8 @@ class Lottery:
         self.cfg, self.acc, self.run_dir = cfg, acc, RunDir(cfg.output_dir)
         run = self.run_dir
         cfg.train.batch_layout(acc.num_processes)  # a world size that does not divide the batch fails before writes
+        if cfg.export.push_to_hub:
+            require_token()  # not hours later, at the end of the run
         train_texts, val_texts = load_text_splits(cfg.data)
         if cfg.model.init == "pretrained":  # fails fast, before anything is written
             model = build_model(cfg.model, None, cfg.seed)
@@ -203,7 +198,18 @@ class Lottery:
         if cfg.track.log_with:
             acc.end_training()
         summary["complete"] = True
+        if cfg.export.push_to_hub and acc.is_main_process:  # after the barrier: a failed push leaves no rank waiting
+            self._push()
         return summary
+
+    def _push(self) -> None:
+        repo, folder = self.cfg.export.push_to_hub, self.run_dir.ticket
+        try:
+            commit = push_ticket(folder, repo, private=self.cfg.export.private)
+        except TicketError as err:
+            hint = f"the ticket is saved: push it with `gpt-tickets push {folder} --repo-id {repo}`"
+            raise TicketError(f"{err}; {hint}") from None
+        self.acc.print(f"pushed the ticket to {commit.commit_url}")
 
     def _prepare_round(self, r: int) -> Callable[[], Mask]:
         """How round r starts afresh: its mask (saved before training, for resume) and its starting weights."""

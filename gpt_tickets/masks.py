@@ -7,6 +7,7 @@ Gradients of masked weights are zeroed before the step, so Adam's moments stay z
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -51,6 +52,15 @@ class Mask(dict):
         return sum(m.numel() for m in self.values())
 
 
+def mask_checksum(mask: Mask) -> str:
+    """A short digest of names and bits: equal masks on every rank, and the masks file that belongs to a ticket."""
+    digest = hashlib.sha256()
+    for name in sorted(mask):
+        digest.update(name.encode())
+        digest.update(mask[name].cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 class MaskedParameters:
     """The model's prunable parameters paired with their masks, on the parameters' device.
 
@@ -66,9 +76,16 @@ class MaskedParameters:
                 raise ValueError(f"mask {name!r} has shape {tuple(m.shape)}, the weight {tuple(param.shape)}")
             self.pairs.append((param, m.to(device=param.device)))
 
+    def optimized_by(self, optimizer: torch.optim.Optimizer) -> bool:
+        ids = {id(param) for param, _ in self.pairs}
+        return any(id(p) in ids for group in optimizer.param_groups for p in group["params"])
+
     @torch.no_grad()
     def zero_weights(self) -> None:
-        for param, m in self.pairs:
+        for i, (param, m) in enumerate(self.pairs):
+            if m.device != param.device:  # the model was moved (model.to("cuda")) after the masks were attached
+                m = m.to(param.device)
+                self.pairs[i] = (param, m)
             param.mul_(m)
 
     @torch.no_grad()

@@ -148,7 +148,7 @@ def _load_model(plan: _Plan) -> PreTrainedModel:
 
 
 def _ticket_sparsity(model_id: str) -> dict[str, float] | None:
-    from .export import TICKET_CONFIG_FILE
+    from .ticket_format import TICKET_CONFIG_FILE
 
     path = Path(model_id) / TICKET_CONFIG_FILE
     if not path.is_file():

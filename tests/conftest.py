@@ -28,3 +28,15 @@ MICRO = [
 def micro(tmp_path):
     """Overrides for a micro run into a fresh directory."""
     return [*MICRO, "--output_dir", str(tmp_path / "run")]
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory):
+    """One finished micro run exported in both weight formats, shared read-only by the ticket tests (copy to edit)."""
+    from gpt_tickets.config import load_config
+    from gpt_tickets.lottery import find_ticket
+
+    root = tmp_path_factory.mktemp("micro_run") / "run"
+    cfg = load_config(None, [*MICRO, "--output_dir", str(root), "--export.format", "both"])
+    find_ticket(cfg)
+    return root

@@ -22,10 +22,11 @@ from gpt_tickets.cli import main
 from gpt_tickets.config import ConfigError, DataConfig, RunConfig
 from gpt_tickets.data import load_files, load_pretrained_tokenizer, load_text_splits, tokenize_stream, train_tokenizer
 from gpt_tickets.evaluation import METRIC_PATH, perplexity, perplexity_reference
-from gpt_tickets.export import MASKS_FILE, TICKET_CONFIG_FILE, ticket_config
+from gpt_tickets.export import ticket_config, write_weights
 from gpt_tickets.masks import Mask, MaskedParameters
 from gpt_tickets.perplexity_eval import TextSource, evaluate_models, evaluate_texts
 from gpt_tickets.pruning import magnitude_prune
+from gpt_tickets.ticket_format import TICKET_CONFIG_FILE
 
 CONTEXT = 64
 
@@ -55,10 +56,9 @@ def paths(tmp: Path) -> dict[str, str]:
     mask = Mask.ones_like(model, prunable_weights(model, ["attention", "mlp"]))
     mask = magnitude_prune(dict(model.named_parameters()), mask, 0.6, "global")
     MaskedParameters(model, mask).zero_weights()
-    model.save_pretrained(tmp / "ticket")
+    write_weights(model, mask, tmp / "ticket", "dense")
     tokenizer.save_pretrained(tmp / "ticket")
-    mask.save(tmp / "ticket" / MASKS_FILE)
-    (tmp / "ticket" / TICKET_CONFIG_FILE).write_text(json.dumps(ticket_config(RunConfig(), mask, "gpt2")))
+    (tmp / "ticket" / TICKET_CONFIG_FILE).write_text(json.dumps(ticket_config(RunConfig(), mask, "gpt2", "dense")))
     ViTConfig().save_pretrained(tmp / "vit")
 
     text = "\n\n".join(validation)[:4000]

@@ -16,6 +16,7 @@ from gpt_tickets.config import load_config
 from gpt_tickets.data import load_text_splits, tokenize_stream
 from gpt_tickets.evaluation import perplexity
 from gpt_tickets.masks import Mask
+from gpt_tickets.ticket_format import load_packed_masks
 from gpt_tickets.training import Trainer
 
 
@@ -81,7 +82,7 @@ def test_micro_run_invariants(micro, observed):
     # the ticket: plain transformers loads it, zeros exactly where the masks are 0, same perplexity as reported
     model = AutoModelForCausalLM.from_pretrained(run.ticket)
     tokenizer = AutoTokenizer.from_pretrained(run.ticket)
-    saved_masks = Mask.load(run.ticket / "ticket_masks.safetensors")
+    saved_masks = load_packed_masks(run.ticket / "ticket_masks.safetensors")
     final_mask = Mask.load(run.round(2) / "mask.safetensors")
     assert set(saved_masks) == set(final_mask)
     saved_weights = load_file(str(run.ticket / "model.safetensors"))
@@ -214,8 +215,9 @@ def test_pretrained_init_rewinds_to_the_pretrained_weights(micro, tmp_path):
     summary = lottery.find_ticket(cfg)
     rewind = load_file(str(lottery.RunDir(cfg.output_dir).rewind))
     assert all(torch.equal(rewind[n], p) for n, p in base.named_parameters())
-    card = (lottery.RunDir(cfg.output_dir).ticket / "README.md").read_text()
-    assert f"base_model: {tmp_path / 'base'}" in card
+    ticket = lottery.RunDir(cfg.output_dir).ticket
+    assert json.loads((ticket / "ticket_config.json").read_text())["base_model"] == str(tmp_path / "base")
+    assert "base_model:" not in (ticket / "README.md").read_text()  # the card's base_model is for Hub ids only
     assert summary["rounds"][1]["sparsity"] == 0.5
 
 
@@ -253,7 +255,7 @@ def test_bf16_mixed_precision_keeps_masks_exact(micro, tmp_path):
     result = run_cli("find", *micro, "--train.mixed_precision", "bf16")  # a subprocess: its own Accelerator state
     assert result.returncode == 0, result.stderr
     run = lottery.RunDir(tmp_path / "run")
-    masks = Mask.load(run.ticket / "ticket_masks.safetensors")
+    masks = load_packed_masks(run.ticket / "ticket_masks.safetensors")
     for path in (run.ticket / "model.safetensors", run.round(2) / "trained.safetensors"):
         saved = load_file(str(path))
         assert all(not saved[name][~m].any() and saved[name][m].count_nonzero() == m.sum() for name, m in masks.items())
