@@ -76,16 +76,8 @@ def detach_masks(model: torch.nn.Module) -> None:
 # ----------------------------------------------------------------------------------------------------- loading
 
 
-def ticket_folder(
-    repo_id_or_path: str | Path,
-    revision: str | None = None,
-    *,
-    cache_dir: str | Path | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-    endpoint: str | None = None,
-) -> Path:
-    """A local ticket folder as is; a Hub repo downloaded to (or found in) the Hub cache."""
+def ticket_folder(repo_id_or_path: str | Path, revision: str | None = None, **download_kwargs: Any) -> Path:
+    """A local ticket folder as is; a Hub repo downloaded to (or found in) the Hub cache (see ``download_ticket``)."""
     path = Path(repo_id_or_path).expanduser()
     if path.is_dir():
         return path
@@ -93,14 +85,7 @@ def ticket_folder(
         validate_repo_id(str(repo_id_or_path))
     except HFValidationError:
         raise TicketError(f"{str(repo_id_or_path)!r} is neither a ticket folder nor a Hub repo id (org/name)") from None
-    return download_ticket(
-        str(repo_id_or_path),
-        revision,
-        cache_dir=cache_dir,
-        token=token,
-        local_files_only=local_files_only,
-        endpoint=endpoint,
-    )
+    return download_ticket(str(repo_id_or_path), revision, **download_kwargs)
 
 
 def _load_weights(folder: Path, tcfg: dict, mask: Mask) -> PreTrainedModel:
@@ -161,33 +146,20 @@ def check_ticket(model: torch.nn.Module, mask: Mask, tcfg: dict) -> None:
                 raise TicketError(f"weight {name!r} is non-zero at {stray} positions where its mask is 0")
 
 
-def load_ticket(
-    repo_id_or_path: str | Path,
-    revision: str | None = None,
-    *,
-    cache_dir: str | Path | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-    endpoint: str | None = None,
-) -> PreTrainedModel:
+def load_ticket(repo_id_or_path: str | Path, revision: str | None = None, **download_kwargs: Any) -> PreTrainedModel:
     """A ticket as a transformers causal LM with its masks attached (see :func:`attach_masks`) and checked.
 
     Args:
         repo_id_or_path: a ticket folder, or a Hub repo id downloaded into the Hub cache like ``from_pretrained``
             does (with ``HF_HUB_OFFLINE=1`` the cached snapshot is used).
         revision: branch, tag or commit of a Hub repo.
+        download_kwargs: ``cache_dir``, ``token``, ``local_files_only``, ``endpoint``, as for
+            ``huggingface_hub.snapshot_download``.
 
     The model's ``ticket`` attribute holds the folder, ``ticket_config.json`` and the masks. Raises
     :class:`TicketError` with one line naming the file and the problem when anything does not check out.
     """
-    folder = ticket_folder(
-        repo_id_or_path,
-        revision,
-        cache_dir=cache_dir,
-        token=token,
-        local_files_only=local_files_only,
-        endpoint=endpoint,
-    )
+    folder = ticket_folder(repo_id_or_path, revision, **download_kwargs)
     tcfg = read_ticket_config(folder)
     mask = load_packed_masks(folder / MASKS_FILE)
     model = _load_weights(folder, tcfg, mask)

@@ -62,6 +62,18 @@ def test_load_ticket_downloads_from_an_empty_cache_then_works_offline(micro_run,
     assert_same_ticket(loaded("org/ticket", cache_dir=cache), local)  # from the cache, like from_pretrained
 
 
+def test_download_fetches_no_pickles_and_no_code(micro_run, local_hub, tmp_path, monkeypatch):
+    repo = Path(shutil.copytree(micro_run / "ticket", tmp_path / "repo"))
+    (repo / "pytorch_model.bin").write_bytes(b"a pickle would run code on torch.load")
+    (repo / "modeling_evil.py").write_text("raise SystemExit('remote code ran')\n")
+    publish(repo, local_hub.repos_root, "org/mixed")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    model = loaded("org/mixed", cache_dir=tmp_path / "cache", endpoint=local_hub.endpoint)
+    files = {p.name for p in model.ticket.folder.iterdir()}
+    assert "model.safetensors" in files and "ticket_masks.safetensors" in files
+    assert "pytorch_model.bin" not in files and "modeling_evil.py" not in files
+
+
 class FakeHfApi:
     """HfApi at the boundary: records the calls; an upload lands in the local Hub (the files it would send)."""
 

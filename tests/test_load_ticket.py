@@ -185,3 +185,26 @@ def test_cli_push_of_a_damaged_ticket_is_one_line_exit_2(ticket, monkeypatch, ca
     err = capsys.readouterr().err.strip()
     assert err.startswith("gpt-tickets: error:") and "ticket_masks.safetensors is missing" in err
     assert "\n" not in err and "hf_not_a_real_token" not in err
+
+
+# ------------------------------------------------------------------------------------------------------ security
+
+
+def test_a_config_asking_for_remote_code_is_refused(ticket):
+    config = json.loads((ticket / "config.json").read_text())
+    config.update(model_type="evil", auto_map={"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"})
+    (ticket / "config.json").write_text(json.dumps(config))
+    (ticket / "modeling_evil.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(TicketError, match="does not load as a transformers causal LM") as err:
+        load_ticket(ticket)
+    assert "\n" not in str(err.value)
+
+
+def test_a_shard_index_cannot_point_outside_the_folder(ticket, tmp_path):
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(ticket / "model.safetensors", outside)
+    (ticket / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": {"transformer.wte.weight": "../outside.safetensors"}}
+    (ticket / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(TicketError, match="names the shard '../outside.safetensors', which is not a plain file name"):
+        load_ticket(ticket)
