@@ -123,8 +123,9 @@ def main() -> None:
         f"Random-weight GPT-2s on a random token stream, medians of {repeats} alternating pairs per row; tokens/s "
         "counts scored tokens over the scoring loop's wall time (no loading or tokenization). Reference: "
         "`evaluation.perplexity_reference`, one window per forward, log-softmax over every position in float64. "
-        "Batched: `evaluation.perplexity`, right-padded windows, output projection and float32 cross-entropy at "
-        "scored positions only. Target: speedup >= 1.5x.",
+        "Batched: `evaluation.perplexity`, right-padded windows through the transformer body, then the output "
+        "projection and float32 cross-entropy at scored positions only, ~64 MiB of logits at a time (the logits of "
+        "a batch are never materialised). Target: speedup >= 1.5x.",
         "",
         *rows,
         "",

@@ -7,6 +7,7 @@ Windows follow the Hugging Face guide "Perplexity of fixed-length models", so re
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import time
@@ -96,10 +97,27 @@ def _result(nll_sum: float, count: int, seconds: float) -> PerplexityResult:
     )
 
 
-def _score_batch(
-    model: nn.Module, stream: torch.Tensor, batch: list[tuple[int, int, int]], keep_logits: bool
-) -> tuple[float, int]:
-    """Summed NLL (float64) and target count of a batch of windows, right-padded into one forward pass."""
+# Families whose logits are exactly ``get_output_embeddings()(last hidden state)``: no soft-capping or scaling.
+_PLAIN_HEAD_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+# Rows of logits computed at once on the body/head path: ~64 MiB of fp32 logits, whatever the vocabulary.
+_LOGIT_CHUNK_ELEMENTS = 2**24
+
+
+def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """The transformer body and its output projection, for models whose logits are just head(hidden states)."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in _PLAIN_HEAD_MODEL_TYPES:
+        return None
+    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if body is None or not isinstance(head, nn.Linear):
+        return None
+    return body, head
+
+
+def _pack_batch(
+    stream: torch.Tensor, batch: list[tuple[int, int, int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, row_idx, col_idx): windows right-padded into one tensor, and the positions that predict a target."""
     width = max(end - begin for begin, end, _ in batch)
     # Right padding is safe: under causal attention a pad only ever follows the real tokens, so it cannot change
     # their logits, and pads are never selected as targets below. Pad with a real id (0) to keep embeddings valid.
@@ -112,23 +130,48 @@ def _score_batch(
         # Target positions are length - n_target .. length - 1; each is predicted by the logits one step earlier.
         cols.append(torch.arange(length - n_target - 1, length - 1))
         rows.append(torch.full((n_target,), row, dtype=torch.long))
-    row_idx = torch.cat(rows).to(ids.device)
-    col_idx = torch.cat(cols).to(ids.device)
+    return ids, torch.cat(rows).to(ids.device), torch.cat(cols).to(ids.device)
+
+
+def _score_batch(
+    model: nn.Module, stream: torch.Tensor, batch: list[tuple[int, int, int]], path: str
+) -> tuple[float, int]:
+    """Summed NLL (float64) and target count of a batch of windows, in one forward pass of the body."""
+    ids, row_idx, col_idx = _pack_batch(stream, batch)
     labels = ids[row_idx, col_idx + 1]
-    if keep_logits:
-        # The LM head is a large share of the FLOPs (GPT-2 small: ~30%); with stride = max_length / 2 half of every
-        # window is context only, so project just the positions that predict a target.
-        kept, col_idx = torch.unique(col_idx, sorted=True, return_inverse=True)
-        logits = model(input_ids=ids, logits_to_keep=kept).logits
-        if logits.shape[1] != kept.numel():
-            raise RuntimeError(f"the model returned {logits.shape[1]} positions for logits_to_keep of {kept.numel()}")
+    if path == "body-head":
+        # The logits of a whole batch (8 windows x 1024 x 50,257 fp32 = 1.6 GB for GPT-2) are never materialised:
+        # the head runs on the predicting rows only, a cache-sized chunk at a time, each consumed by the loss.
+        body, head = _body_and_head(model)  # type: ignore[misc]
+        hidden = body(input_ids=ids, use_cache=False).last_hidden_state[row_idx, col_idx]
+        chunk = max(1, _LOGIT_CHUNK_ELEMENTS // head.out_features)
+        nll = torch.cat(
+            [
+                F.cross_entropy(head(hidden[i : i + chunk]).float(), labels[i : i + chunk], reduction="none")
+                for i in range(0, labels.numel(), chunk)
+            ]
+        )
     else:
-        logits = model(input_ids=ids).logits
-    # Select the predicting positions before the loss, so log-softmax only runs over rows that are targets.
-    picked = logits[row_idx, col_idx].float()
-    nll = F.cross_entropy(picked, labels, reduction="none")
+        if path == "logits_to_keep":
+            # With stride = max_length / 2 half of every window is context only: project just the predicting rows.
+            kept, col_idx = torch.unique(col_idx, sorted=True, return_inverse=True)
+            logits = model(input_ids=ids, logits_to_keep=kept).logits
+            if logits.shape[1] != kept.numel():
+                raise RuntimeError(
+                    f"the model returned {logits.shape[1]} positions for logits_to_keep of {kept.numel()}"
+                )
+        else:
+            logits = model(input_ids=ids).logits
+        # Select the predicting positions before the loss, so log-softmax only runs over rows that are targets.
+        nll = F.cross_entropy(logits[row_idx, col_idx].float(), labels, reduction="none")
     # Sum on the CPU in float64: some backends (MPS) lack float64, and the transfer is only n_target floats.
     return nll.to("cpu", torch.float64).sum().item(), int(labels.numel())
+
+
+def _scoring_path(model: nn.Module) -> str:
+    if _body_and_head(model) is not None:
+        return "body-head"
+    return "logits_to_keep" if _takes_logits_to_keep(model) else "logits"
 
 
 def perplexity(
@@ -166,16 +209,18 @@ def perplexity(
     # Round-robin rather than contiguous: the short last window and the long ones spread evenly over ranks.
     mine = windows[rank::world]
     stream = input_ids.to(device=device, dtype=torch.long)
-    keep_logits = _takes_logits_to_keep(net)
+    path = _scoring_path(net)
+    # The body-head path calls the body directly, outside a mixed-precision forward wrapper: enter autocast here.
+    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
 
     was_training = model.training
     model.eval()
     nll_sum, count = 0.0, 0
     try:
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             for i in range(0, len(mine), batch_size):
-                batch_nll, batch_count = _score_batch(net, stream, mine[i : i + batch_size], keep_logits)
+                batch_nll, batch_count = _score_batch(net, stream, mine[i : i + batch_size], path)
                 nll_sum += batch_nll
                 count += batch_count
         seconds = time.perf_counter() - start  # the .item() above already synchronised the device

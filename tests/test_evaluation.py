@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from types import SimpleNamespace
 
@@ -187,7 +188,11 @@ def test_single_process_accelerator_unwraps(model: GPT2LMHeadModel, stream: torc
     wrapper = nn.Module()
     wrapper.module = model
     fake = SimpleNamespace(
-        device=torch.device("cpu"), num_processes=1, process_index=0, unwrap_model=lambda m: m.module
+        device=torch.device("cpu"),
+        num_processes=1,
+        process_index=0,
+        unwrap_model=lambda m: m.module,
+        autocast=contextlib.nullcontext,
     )
     ref_nll, ref_count = _reference(model, stream, 32, 7)
     result = perplexity(wrapper, stream, 32, 7, batch_size=4, accelerator=fake)  # type: ignore[arg-type]
