@@ -224,3 +224,23 @@ def test_bad_batch_size_and_shape() -> None:
         perplexity(lm, torch.zeros(10, dtype=torch.long), 4, batch_size=0)
     with pytest.raises(ValueError, match=r"shape \(2, 5\)"):
         perplexity(lm, torch.zeros(2, 5, dtype=torch.long), 4)
+
+
+@pytest.mark.parametrize("stride", [16, 7])
+def test_llama_body_and_head_path_equals_the_reference(stride: int) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gpt_tickets.evaluation import _scoring_path
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    ids = torch.randint(0, 97, (150,), generator=torch.Generator().manual_seed(1))
+    assert _scoring_path(model) == "body-head"
+    reference = perplexity_reference(model, ids, 16, stride)
+    batched = perplexity(model, ids, 16, stride, batch_size=3)
+    assert batched.scored_tokens == reference.scored_tokens
+    assert batched.nll == pytest.approx(reference.nll, rel=1e-5)
