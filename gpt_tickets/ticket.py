@@ -106,9 +106,8 @@ def _load_weights(folder: Path, tcfg: dict, mask: Mask) -> PreTrainedModel:
         raise TicketError(
             f"{folder}/config.json does not describe a transformers causal LM: {first_line(err)}"
         ) from None
-    dtype = next(iter(tensors.values())).dtype
-    model.to(dtype)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    # assign=True takes the tensors as they are (dtype included) instead of copying them into fresh parameters.
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     model.tie_weights()
     state = model.state_dict()
     loaded = {state[name].data_ptr() for name in tensors if name in state}

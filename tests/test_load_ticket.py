@@ -208,3 +208,15 @@ def test_a_shard_index_cannot_point_outside_the_folder(ticket, tmp_path):
     (ticket / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(TicketError, match="names the shard '../outside.safetensors', which is not a plain file name"):
         load_ticket(ticket)
+
+
+def test_a_compact_only_ticket_fine_tunes_sparse_with_its_ties(ticket):
+    _rewrite_json(ticket / "ticket_config.json", weights_format="compact")
+    (ticket / "model.safetensors").unlink()
+    model = load_ticket(ticket)
+    assert all(p.requires_grad for p in model.parameters())
+    fine_tune(model, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    for name, m in model.ticket.mask.items():
+        assert int(model.get_parameter(name).detach()[~m].count_nonzero()) == 0, name
+    detach_masks(model)
