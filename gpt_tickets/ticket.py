@@ -168,7 +168,11 @@ def load_ticket(repo_id_or_path: str | Path, revision: str | None = None, **down
 
 
 def load_ticket_tokenizer(
-    repo_id_or_path: str | Path, revision: str | None = None, **kwargs
+    repo_id_or_path: str | Path, revision: str | None = None, **download_kwargs: Any
 ) -> PreTrainedTokenizerBase:
-    """The ticket's tokenizer, read from the same folder or cached snapshot as :func:`load_ticket`."""
-    return AutoTokenizer.from_pretrained(ticket_folder(repo_id_or_path, revision, **kwargs))
+    """The ticket's tokenizer, read from the same folder or cached snapshot as :func:`load_ticket`.
+
+    Reading it from the snapshot rather than by repo id also avoids ``AutoTokenizer``'s probing of optional files,
+    which some Hub mirrors answer with 401 instead of 404.
+    """
+    return AutoTokenizer.from_pretrained(ticket_folder(repo_id_or_path, revision, **download_kwargs))
