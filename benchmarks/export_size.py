@@ -29,14 +29,15 @@ from transformers import GPT2Config
 
 from benchmarks.common import publish
 from gpt_tickets.architectures import prunable_weights
-from gpt_tickets.export import write_weights
+from gpt_tickets.config import RunConfig
+from gpt_tickets.export import ticket_config, write_weights
 from gpt_tickets.io import atomic_write_json
-from gpt_tickets.masks import Mask, mask_checksum
+from gpt_tickets.masks import Mask
 from gpt_tickets.models import random_init
 from gpt_tickets.pruning import magnitude_prune
 from gpt_tickets.report import markdown_table
 from gpt_tickets.ticket import detach_masks, load_ticket
-from gpt_tickets.ticket_format import COMPACT_FILE, DENSE_FILE, FORMAT_VERSION, MASKS_FILE, TICKET_CONFIG_FILE
+from gpt_tickets.ticket_format import COMPACT_FILE, DENSE_FILE, MASKS_FILE, TICKET_CONFIG_FILE
 
 SPARSITIES = (0.5, 0.8, 0.9)
 GPT2_SMALL = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
@@ -45,8 +46,7 @@ MiB = 2**20
 
 def _write(model, mask: Mask, folder: Path, weights_format: str) -> Path:
     write_weights(model, mask, folder, weights_format)
-    # The two fields load_ticket needs besides the weights (an export writes the full ticket_config.json).
-    tcfg = {"format_version": FORMAT_VERSION, "weights_format": weights_format, "mask_checksum": mask_checksum(mask)}
+    tcfg = ticket_config(RunConfig(), mask, model.config.model_type, weights_format)  # what load_ticket reads
     atomic_write_json(tcfg, folder / TICKET_CONFIG_FILE)
     return folder
 

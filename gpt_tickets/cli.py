@@ -30,8 +30,6 @@ def _find(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _eval(args: argparse.Namespace, rest: list[str]) -> int:
-    if rest:
-        raise ConfigError(f"unrecognized arguments for eval: {' '.join(rest)}")
     from .perplexity_eval import TextSource, evaluate_models, results_table, save_results
 
     source = TextSource(args.dataset, args.dataset_config, args.split, args.files or [], args.text_column)
@@ -82,8 +80,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _push(args: argparse.Namespace, rest: list[str]) -> int:
-    if rest:
-        raise ConfigError(f"unrecognized arguments for push: {' '.join(rest)}")
     from .push import push_ticket
 
     commit = push_ticket(
@@ -123,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Any config key can be overridden with a dotted flag, e.g. --prune.rounds 3 --train.lr=3e-4.",
     )
     find.add_argument("--config", default=None, help="YAML run config (default: the embedded tiny config)")
-    find.set_defaults(run=_find)
+    find.set_defaults(run=_find, takes_overrides=True)
     _add_eval(sub)
     _add_push(sub)
     return parser
@@ -133,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     try:
+        if rest and not getattr(args, "takes_overrides", False):  # only find takes dotted config overrides
+            raise ConfigError(f"unrecognized arguments for {args.command}: {' '.join(rest)}")
         return args.run(args, rest)
     except (ConfigError, TicketError) as err:
         print(f"gpt-tickets: error: {err}", file=sys.stderr)

@@ -134,15 +134,19 @@ def _pack_batch(
 
 
 def _score_batch(
-    model: nn.Module, stream: torch.Tensor, batch: list[tuple[int, int, int]], path: str
+    model: nn.Module,
+    stream: torch.Tensor,
+    batch: list[tuple[int, int, int]],
+    body_and_head: tuple[nn.Module, nn.Linear] | None,
+    keep_logits: bool,
 ) -> tuple[float, int]:
     """Summed NLL (float64) and target count of a batch of windows, in one forward pass of the body."""
     ids, row_idx, col_idx = _pack_batch(stream, batch)
     labels = ids[row_idx, col_idx + 1]
-    if path == "body-head":
+    if body_and_head is not None:
         # The logits of a whole batch (8 windows x 1024 x 50,257 fp32 = 1.6 GB for GPT-2) are never materialised:
         # the head runs on the predicting rows only, a cache-sized chunk at a time, each consumed by the loss.
-        body, head = _body_and_head(model)  # type: ignore[misc]
+        body, head = body_and_head
         hidden = body(input_ids=ids, use_cache=False).last_hidden_state[row_idx, col_idx]
         chunk = max(1, _LOGIT_CHUNK_ELEMENTS // head.out_features)
         nll = torch.cat(
@@ -152,7 +156,7 @@ def _score_batch(
             ]
         )
     else:
-        if path == "logits_to_keep":
+        if keep_logits:
             # With stride = max_length / 2 half of every window is context only: project just the predicting rows.
             kept, col_idx = torch.unique(col_idx, sorted=True, return_inverse=True)
             logits = model(input_ids=ids, logits_to_keep=kept).logits
@@ -166,12 +170,6 @@ def _score_batch(
         nll = F.cross_entropy(logits[row_idx, col_idx].float(), labels, reduction="none")
     # Sum on the CPU in float64: some backends (MPS) lack float64, and the transfer is only n_target floats.
     return nll.to("cpu", torch.float64).sum().item(), int(labels.numel())
-
-
-def _scoring_path(model: nn.Module) -> str:
-    if _body_and_head(model) is not None:
-        return "body-head"
-    return "logits_to_keep" if _takes_logits_to_keep(model) else "logits"
 
 
 def perplexity(
@@ -209,7 +207,8 @@ def perplexity(
     # Round-robin rather than contiguous: the short last window and the long ones spread evenly over ranks.
     mine = windows[rank::world]
     stream = input_ids.to(device=device, dtype=torch.long)
-    path = _scoring_path(net)
+    body_and_head = _body_and_head(net)
+    keep_logits = body_and_head is None and _takes_logits_to_keep(net)
     # The body-head path calls the body directly, outside a mixed-precision forward wrapper: enter autocast here.
     autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
 
@@ -220,7 +219,7 @@ def perplexity(
         start = time.perf_counter()
         with torch.inference_mode(), autocast:
             for i in range(0, len(mine), batch_size):
-                batch_nll, batch_count = _score_batch(net, stream, mine[i : i + batch_size], path)
+                batch_nll, batch_count = _score_batch(net, stream, mine[i : i + batch_size], body_and_head, keep_logits)
                 nll_sum += batch_nll
                 count += batch_count
         seconds = time.perf_counter() - start  # the .item() above already synchronised the device

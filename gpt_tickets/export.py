@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import RunConfig
 from .io import atomic_write_json, atomic_write_text, replace_dir
-from .masks import Mask, mask_checksum, sparsity_report
+from .masks import Mask, first_stray_weight, mask_checksum, sparsity_report
 from .model_card import model_card
 from .ticket_format import (
     COMPACT_FILE,
@@ -86,9 +86,9 @@ def export_ticket(
     """
     weights_format = weights_format or cfg.export.format
     out_dir = Path(out_dir)
-    for name, m in mask.items():
-        if model.get_parameter(name).detach().cpu()[~m].any():
-            raise ValueError(f"weight {name!r} is non-zero where its mask is 0; refusing to export")
+    stray = first_stray_weight(model, mask)
+    if stray:
+        raise ValueError(f"weight {stray[0]!r} is non-zero where its mask is 0; refusing to export")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     write_weights(model, mask, tmp, weights_format)

@@ -80,12 +80,13 @@ class MaskedParameters:
         ids = {id(param) for param, _ in self.pairs}
         return any(id(p) in ids for group in optimizer.param_groups for p in group["params"])
 
+    def follow_devices(self) -> None:
+        """Move masks to where their parameters now are (a loaded ticket may be moved with ``model.to("cuda")``)."""
+        self.pairs = [(param, m if m.device == param.device else m.to(param.device)) for param, m in self.pairs]
+
     @torch.no_grad()
     def zero_weights(self) -> None:
-        for i, (param, m) in enumerate(self.pairs):
-            if m.device != param.device:  # the model was moved (model.to("cuda")) after the masks were attached
-                m = m.to(param.device)
-                self.pairs[i] = (param, m)
+        for param, m in self.pairs:
             param.mul_(m)
 
     @torch.no_grad()
@@ -93,6 +94,17 @@ class MaskedParameters:
         for param, m in self.pairs:
             if param.grad is not None:
                 param.grad.mul_(m)
+
+
+@torch.no_grad()
+def first_stray_weight(model: torch.nn.Module, mask: Mask) -> tuple[str, int] | None:
+    """(name, count) of the first weight that is non-zero where its mask is 0; None when every one is clean."""
+    for name, m in mask.items():
+        weight = model.get_parameter(name).detach()
+        stray = int(weight[~m.to(weight.device)].count_nonzero())
+        if stray:
+            return name, stray
+    return None
 
 
 def sparsity_report(mask: Mask, model_type: str) -> dict:

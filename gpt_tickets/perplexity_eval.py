@@ -10,7 +10,6 @@ datasets are imported where first needed, so that bad numbers fail before second
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -148,15 +147,16 @@ def _load_model(plan: _Plan) -> PreTrainedModel:
 
 
 def _ticket_sparsity(model_id: str) -> dict[str, float] | None:
-    from .ticket_format import TICKET_CONFIG_FILE
+    """A ticket folder's sparsity from its ticket_config.json (read and checked as load_ticket does); None if plain."""
+    from .ticket_format import TICKET_CONFIG_FILE, read_ticket_config
 
-    path = Path(model_id) / TICKET_CONFIG_FILE
-    if not path.is_file():
+    folder = Path(model_id)
+    if not (folder / TICKET_CONFIG_FILE).is_file():
         return None
-    try:
-        return dict(json.loads(path.read_text())["sparsity"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{str(path)!r} has no readable 'sparsity' entry ({first_line(err)}); re-export it") from None
+    sparsity = read_ticket_config(folder).get("sparsity")
+    if not isinstance(sparsity, dict):
+        raise ConfigError(f"{str(folder / TICKET_CONFIG_FILE)!r} has no 'sparsity' entry; re-export the ticket")
+    return dict(sparsity)
 
 
 def _score(plan: _Plan, texts: list[str], batch_size: int, accelerator: Accelerator) -> ModelPerplexity:

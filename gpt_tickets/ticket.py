@@ -21,7 +21,7 @@ from transformers.initialization import no_init_weights
 
 from .config import first_line
 from .hub import download_ticket
-from .masks import Mask, MaskedParameters, mask_checksum
+from .masks import Mask, MaskedParameters, first_stray_weight, mask_checksum
 from .ticket_format import (
     COMPACT_FILE,
     MASKS_FILE,
@@ -54,6 +54,7 @@ _STEP_HOOK = None
 def _rezero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     for masked in list(_ATTACHED.values()):
         if masked.optimized_by(optimizer):
+            masked.follow_devices()
             masked.zero_weights()
 
 
@@ -138,11 +139,9 @@ def check_ticket(model: torch.nn.Module, mask: Mask, tcfg: dict) -> None:
             f"{MASKS_FILE} (checksum {checksum}) is not the masks file {TICKET_CONFIG_FILE} was written with "
             f"({tcfg.get('mask_checksum')}): masks of a different ticket?"
         )
-    with torch.no_grad():
-        for name, m in mask.items():
-            stray = int(model.get_parameter(name).detach().cpu()[~m].count_nonzero())
-            if stray:
-                raise TicketError(f"weight {name!r} is non-zero at {stray} positions where its mask is 0")
+    stray = first_stray_weight(model, mask)
+    if stray:
+        raise TicketError(f"weight {stray[0]!r} is non-zero at {stray[1]} positions where its mask is 0")
 
 
 def load_ticket(repo_id_or_path: str | Path, revision: str | None = None, **download_kwargs: Any) -> PreTrainedModel:

@@ -230,7 +230,7 @@ def test_bad_batch_size_and_shape() -> None:
 def test_llama_body_and_head_path_equals_the_reference(stride: int) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from gpt_tickets.evaluation import _scoring_path
+    from gpt_tickets.evaluation import _body_and_head
 
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -239,7 +239,7 @@ def test_llama_body_and_head_path_equals_the_reference(stride: int) -> None:
     )  # fmt: skip
     model = LlamaForCausalLM(config)
     ids = torch.randint(0, 97, (150,), generator=torch.Generator().manual_seed(1))
-    assert _scoring_path(model) == "body-head"
+    assert _body_and_head(model) is not None  # the chunked body-and-head path, not the full-logits one
     reference = perplexity_reference(model, ids, 16, stride)
     batched = perplexity(model, ids, 16, stride, batch_size=3)
     assert batched.scored_tokens == reference.scored_tokens
