@@ -27,7 +27,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from benchmarks.common import publish
 from gpt_tickets.config import TINY_GPT2
-from gpt_tickets.evaluation import PerplexityResult, perplexity, perplexity_reference, sliding_windows
+from gpt_tickets.eval.perplexity import PerplexityResult, perplexity, perplexity_reference, sliding_windows
 
 
 @dataclass

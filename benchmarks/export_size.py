@@ -28,16 +28,17 @@ from safetensors.torch import load_file
 from transformers import GPT2Config
 
 from benchmarks.common import publish
-from gpt_tickets.architectures import prunable_weights
 from gpt_tickets.config import RunConfig
-from gpt_tickets.export import ticket_config, write_weights
 from gpt_tickets.io import atomic_write_json
-from gpt_tickets.masks import Mask
-from gpt_tickets.models import random_init
-from gpt_tickets.pruning import magnitude_prune
-from gpt_tickets.report import markdown_table
-from gpt_tickets.ticket import detach_masks, load_ticket
-from gpt_tickets.ticket_format import COMPACT_FILE, DENSE_FILE, MASKS_FILE, TICKET_CONFIG_FILE
+from gpt_tickets.models.build import random_init
+from gpt_tickets.models.families import prunable_weights
+from gpt_tickets.reporting.tables import markdown_table
+from gpt_tickets.sparsity.apply import detach_masks
+from gpt_tickets.sparsity.masks import Mask
+from gpt_tickets.sparsity.select import magnitude_prune
+from gpt_tickets.tickets.export import ticket_config, write_weights
+from gpt_tickets.tickets.format import COMPACT_FILE, DENSE_FILE, MASKS_FILE, TICKET_CONFIG_FILE
+from gpt_tickets.tickets.load import load_ticket
 
 SPARSITIES = (0.5, 0.8, 0.9)
 GPT2_SMALL = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
@@ -47,7 +48,7 @@ MiB = 2**20
 def _write(model, mask: Mask, folder: Path, weights_format: str) -> Path:
     write_weights(model, mask, folder, weights_format)
     tcfg = ticket_config(RunConfig(), mask, model.config.model_type, weights_format)  # what load_ticket reads
-    atomic_write_json(tcfg, folder / TICKET_CONFIG_FILE)
+    atomic_write_json(tcfg.to_dict(), folder / TICKET_CONFIG_FILE)
     return folder
 
 

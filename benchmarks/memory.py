@@ -72,12 +72,14 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from accelerate import Accelerator
 
-    from gpt_tickets.architectures import prunable_weights
     from gpt_tickets.config import TrainConfig, load_config
-    from gpt_tickets.masks import Mask, MaskedParameters
-    from gpt_tickets.models import load_parameters, random_init, save_parameters, scratch_config
-    from gpt_tickets.pruning import magnitude_prune
-    from gpt_tickets.training import Trainer
+    from gpt_tickets.models.build import random_init, scratch_config
+    from gpt_tickets.models.families import prunable_weights
+    from gpt_tickets.models.params import load_parameters, save_parameters
+    from gpt_tickets.sparsity.apply import MaskedParameters
+    from gpt_tickets.sparsity.masks import Mask
+    from gpt_tickets.sparsity.select import magnitude_prune
+    from gpt_tickets.train.trainer import Trainer
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])

@@ -19,11 +19,12 @@ from accelerate import Accelerator
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from benchmarks.common import publish
-from gpt_tickets.architectures import prunable_weights
 from gpt_tickets.config import TINY_GPT2, TrainConfig
-from gpt_tickets.masks import Mask, MaskedParameters
-from gpt_tickets.pruning import magnitude_prune
-from gpt_tickets.training import Trainer
+from gpt_tickets.models.families import prunable_weights
+from gpt_tickets.sparsity.apply import MaskedParameters
+from gpt_tickets.sparsity.masks import Mask
+from gpt_tickets.sparsity.select import magnitude_prune
+from gpt_tickets.train.trainer import Trainer
 
 
 def masking_cost_ms(masked: MaskedParameters, repeats: int = 200) -> float:

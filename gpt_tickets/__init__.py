@@ -3,33 +3,27 @@
 from importlib import import_module
 from typing import Any
 
-from .config import ConfigError, RunConfig, load_config
-from .masks import Mask, MaskedParameters, sparsity_report
-from .pruning import magnitude_prune
-from .ticket_format import TicketError
+from .config import RunConfig, load_config
+from .errors import ConfigError, TicketError
 
-# Imported on first use: they pull in transformers/accelerate, which `import gpt_tickets` should not pay for.
+# Imported on first use: they pull in torch/transformers/accelerate, which `import gpt_tickets` should not pay for.
 _LAZY = {
-    "find_ticket": "lottery",
-    "load_ticket": "ticket",
-    "load_ticket_tokenizer": "ticket",
-    "attach_masks": "ticket",
-    "detach_masks": "ticket",
-    "export_ticket": "export",
-    "push_ticket": "push",
+    "find_ticket": "lottery.imp",
+    "run_branch": "lottery.branches.runner",
+    "RunResults": "lottery.results",
+    "load_ticket": "tickets.load",
+    "load_ticket_tokenizer": "tickets.load",
+    "export_ticket": "tickets.export",
+    "push_ticket": "tickets.push",
+    "attach_masks": "sparsity.apply",
+    "detach_masks": "sparsity.apply",
+    "MaskedParameters": "sparsity.apply",
+    "Mask": "sparsity.masks",
+    "magnitude_prune": "sparsity.select",
+    "sparsity_report": "sparsity.report",
 }
 
-__all__ = [
-    "ConfigError",
-    "Mask",
-    "MaskedParameters",
-    "RunConfig",
-    "TicketError",
-    "load_config",
-    "magnitude_prune",
-    "sparsity_report",
-    *_LAZY,
-]
+__all__ = ["ConfigError", "RunConfig", "TicketError", "load_config", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -9,9 +9,10 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 
-from .config import ConfigError, load_config
-from .ticket_format import TicketError
+from .config import load_config
+from .errors import ConfigError, TicketError
 
 
 def _find(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -19,18 +20,70 @@ def _find(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from accelerate import PartialState
 
-    from .lottery import find_ticket
-    from .report import results_table
+    from .lottery.imp import find_ticket
+    from .reporting.tables import results_table
+    from .tickets.push import push_ticket, require_token
 
-    summary = find_ticket(cfg)
-    if PartialState().is_main_process:
-        print(results_table(summary))
-        print(f"ticket: {cfg.output_dir}/ticket")
+    if cfg.export.push_to_hub:
+        require_token()  # now, not hours later at the end of the run
+    results = find_ticket(cfg)
+    if not PartialState().is_main_process:
+        return 0
+    print(results_table(results.phases))
+    ticket = f"{cfg.output_dir}/ticket"
+    print(f"ticket: {ticket}")
+    if cfg.export.push_to_hub:  # after the run, outside it: a failed push loses nothing
+        try:
+            commit = push_ticket(ticket, cfg.export.push_to_hub, private=cfg.export.private)
+        except TicketError as err:
+            hint = f"the ticket is saved: push it with `gpt-tickets push {ticket} --repo-id {cfg.export.push_to_hub}`"
+            raise TicketError(f"{err}; {hint}") from None
+        print(f"pushed the ticket to {commit.commit_url}")
     return 0
 
 
+def _add_find(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    find = sub.add_parser(
+        name,
+        help="find a ticket by iterative magnitude pruning with rewinding",
+        description="Any config key can be overridden with a dotted flag, e.g. --prune.rounds 3 --train.lr=3e-4.",
+        allow_abbrev=False,
+    )
+    find.add_argument("--config", default=None, help="YAML run config (default: the embedded tiny config)")
+    find.set_defaults(takes_overrides=True)
+    return find
+
+
+def _branch(args: argparse.Namespace, rest: list[str]) -> int:
+    from accelerate import PartialState
+
+    from .lottery.branches.runner import run_branch
+    from .reporting.tables import results_table
+
+    result = run_branch(args.run_dir, args.name, round=args.round, seed=args.seed)
+    if PartialState().is_main_process:
+        print(results_table([result]))
+    return 0
+
+
+def _add_branch(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    branch = sub.add_parser(
+        name,
+        help="train a branch (a control) from a finished round of a run",
+        description="Trains a branch from a finished round: random_reinit (the round's mask on freshly initialised "
+        "weights), random_prune (random masks with the round's per-matrix sparsity, on the rewind weights). The "
+        "result lives in RUN_DIR/branches/NAME/round_R-seed_S/; a finished branch is read back, a killed one resumes.",
+        allow_abbrev=False,
+    )
+    branch.add_argument("run_dir", help="the output_dir of a `gpt-tickets find` run")
+    branch.add_argument("name", help="branch name: random_reinit, random_prune (an unknown name lists them all)")
+    branch.add_argument("--round", type=int, default=None, help="finished round to start from (default: the last)")
+    branch.add_argument("--seed", type=int, default=None, help="the branch's seed (default: the run's seed + 1)")
+    return branch
+
+
 def _eval(args: argparse.Namespace, rest: list[str]) -> int:
-    from .perplexity_eval import TextSource, evaluate_models, results_table, save_results
+    from .eval.models import TextSource, evaluate_models, results_table, save_results
 
     source = TextSource(args.dataset, args.dataset_config, args.split, args.files or [], args.text_column)
     results = evaluate_models(args.model, source, args.max_length, args.stride, args.batch_size)
@@ -56,13 +109,14 @@ def _eval(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-def _add_eval(sub: argparse._SubParsersAction) -> None:
+def _add_eval(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     ev = sub.add_parser(
-        "eval",
+        name,
         help="sliding-window perplexity of models or tickets on a dataset",
         description="Exact perplexity (total NLL / scored tokens) of each model on one dataset split or local files, "
         "the text joined with blank lines and scored in sliding windows. Under accelerate launch or torchrun the "
         "windows are split over the processes.",
+        allow_abbrev=False,
     )
     ev.add_argument("--model", nargs="+", required=True, help="local folders (tickets included) or Hub ids")
     data = ev.add_mutually_exclusive_group(required=True)
@@ -76,11 +130,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass per process (default: 8)")
     ev.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ev.add_argument("--save-dir", default=None, help="also save the results there as JSON with evaluate.save")
-    ev.set_defaults(run=_eval)
+    return ev
 
 
 def _push(args: argparse.Namespace, rest: list[str]) -> int:
-    from .push import push_ticket
+    from .tickets.push import push_ticket
 
     commit = push_ticket(
         args.ticket_dir,
@@ -94,12 +148,13 @@ def _push(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-def _add_push(sub: argparse._SubParsersAction) -> None:
+def _add_push(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     push = sub.add_parser(
-        "push",
+        name,
         help="upload a ticket folder to the Hugging Face Hub as one commit",
         description="Checks the token (HF_TOKEN or `hf auth login`), then the folder (masks, zeros, formats) the way "
         "load_ticket does, then uploads it with HfApi.upload_folder in one commit.",
+        allow_abbrev=False,
     )
     push.add_argument("ticket_dir", help="a ticket folder, e.g. runs/tiny/ticket")
     push.add_argument("--repo-id", required=True, help="Hub repo, org/name (created when missing)")
@@ -107,21 +162,27 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
     push.add_argument("--revision", default=None, help="branch to commit to (created when missing)")
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     push.add_argument("--commit-message", default=None, help="commit message (default names the sparsity)")
-    push.set_defaults(run=_push)
+    return push
+
+
+Command = tuple[Callable[[argparse._SubParsersAction, str], argparse.ArgumentParser], Callable[..., int]]
+
+# The command table: name -> (adds its parser, runs it). A test checks that the parser offers exactly these.
+COMMANDS: dict[str, Command] = {
+    "find": (_add_find, _find),
+    "branch": (_add_branch, _branch),
+    "eval": (_add_eval, _eval),
+    "push": (_add_push, _push),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpt-tickets", description="Lottery tickets for GPT-2-style causal LMs.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    find = sub.add_parser(
-        "find",
-        help="find a ticket by iterative magnitude pruning with rewinding",
-        description="Any config key can be overridden with a dotted flag, e.g. --prune.rounds 3 --train.lr=3e-4.",
+    parser = argparse.ArgumentParser(
+        prog="gpt-tickets", description="Lottery tickets for GPT-2-style causal LMs.", allow_abbrev=False
     )
-    find.add_argument("--config", default=None, help="YAML run config (default: the embedded tiny config)")
-    find.set_defaults(run=_find, takes_overrides=True)
-    _add_eval(sub)
-    _add_push(sub)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add, run) in COMMANDS.items():
+        add(sub, name).set_defaults(run=run)
     return parser
 
 

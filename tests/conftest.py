@@ -40,3 +40,13 @@ def micro_run(tmp_path_factory):
     cfg = load_config(None, [*MICRO, "--output_dir", str(root), "--export.format", "both"])
     find_ticket(cfg)
     return root
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of every Markdown table row in ``text`` (header included, separator lines left out), stripped."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("|") and not set(line) <= set("|-: "):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt_tickets.evaluation import PerplexityResult, perplexity, perplexity_reference, sliding_windows
+from gpt_tickets.eval.perplexity import PerplexityResult, perplexity, perplexity_reference, sliding_windows
 
 VOCAB = 97
 
@@ -230,7 +230,7 @@ def test_bad_batch_size_and_shape() -> None:
 def test_llama_body_and_head_path_equals_the_reference(stride: int) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from gpt_tickets.evaluation import _body_and_head
+    from gpt_tickets.eval.perplexity import _body_and_head
 
     torch.manual_seed(0)
     config = LlamaConfig(

@@ -14,9 +14,10 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gpt_tickets import push as push_module
 from gpt_tickets.cli import main
-from gpt_tickets.ticket import detach_masks, load_ticket, load_ticket_tokenizer
+from gpt_tickets.sparsity.apply import detach_masks
+from gpt_tickets.tickets import push as push_module
+from gpt_tickets.tickets.load import load_ticket, load_ticket_tokenizer
 from tests.conftest import MICRO
 from tests.local_hub import LocalHub, local_hub_fixture, publish, use_hub  # noqa: F401  (the local_hub fixture)
 

@@ -10,9 +10,11 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from gpt_tickets.cli import main
-from gpt_tickets.masks import Mask
-from gpt_tickets.ticket import detach_masks, load_ticket
-from gpt_tickets.ticket_format import TicketError, load_packed_masks, save_packed_masks
+from gpt_tickets.errors import TicketError
+from gpt_tickets.sparsity.apply import detach_masks
+from gpt_tickets.sparsity.masks import Mask
+from gpt_tickets.tickets.encoding import load_packed_masks, save_packed_masks
+from gpt_tickets.tickets.load import load_ticket
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def test_load_ticket_gives_the_plain_model_with_its_masks(ticket):
     plain = AutoModelForCausalLM.from_pretrained(ticket)
     for name, value in plain.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
-    assert model.ticket.folder == ticket and model.ticket.config["weights_format"] == "both"
+    assert model.ticket.folder == ticket and model.ticket.config.weights_format == "both"
     assert model.ticket.mask.keys() == load_packed_masks(ticket / "ticket_masks.safetensors").keys()
     detach_masks(model)
 

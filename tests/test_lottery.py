@@ -14,10 +14,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from gpt_tickets import lottery
 from gpt_tickets.config import load_config
 from gpt_tickets.data import load_text_splits, tokenize_stream
-from gpt_tickets.evaluation import perplexity
-from gpt_tickets.masks import Mask
-from gpt_tickets.ticket_format import load_packed_masks
-from gpt_tickets.training import Trainer
+from gpt_tickets.errors import ConfigError
+from gpt_tickets.eval.perplexity import perplexity
+from gpt_tickets.sparsity.masks import Mask
+from gpt_tickets.tickets.encoding import load_packed_masks
+from gpt_tickets.train.trainer import Trainer
+
+from .conftest import table_rows
 
 
 @pytest.fixture
@@ -60,15 +63,21 @@ def test_micro_run_invariants(micro, observed):
     run = lottery.RunDir(cfg.output_dir)
 
     # sparsity per round is exactly 1-(1-p)^r (p = 0.5 on an even count: no rounding)
-    assert [r["sparsity"] for r in summary["rounds"]] == [0.0, 0.5, 0.75]
-    assert summary["complete"] and summary["controls"][0]["kind"] == "control:random_reinit"
-    assert [c["desc"] for c in observed] == ["round 0", "round 1", "round 2", "control random_reinit"]
+    assert [r.sparsity for r in summary.rounds] == [0.0, 0.5, 0.75]
+    assert summary.complete and [b.branch for b in summary.branches] == ["random_reinit", "random_prune"]
+    assert [c["desc"] for c in observed] == [
+        "round 0",
+        "round 1",
+        "round 2",
+        "branch random_reinit round_2-seed_1",
+        "branch random_prune round_2-seed_1",
+    ]
 
     # pruned weights never become non-zero, and Adam keeps no moments for them
     assert all(c["leaks"] == 0 for c in observed)
     for r in (1, 2):
         mask = Mask.load(run.round(r) / "mask.safetensors")
-        assert 1 - mask.num_remaining() / mask.numel() == summary["rounds"][r]["sparsity"]
+        assert 1 - mask.num_remaining() / mask.numel() == summary.rounds[r].sparsity
 
     # the rewind point is the step-k weights of dense training, bitwise
     rewind = load_file(str(run.rewind))
@@ -94,11 +103,11 @@ def test_micro_run_invariants(micro, observed):
     _, val_texts = load_text_splits(cfg.data)
     ids = tokenize_stream(val_texts, tokenizer)[: cfg.data.max_validation_tokens]
     ppl = perplexity(model, ids, max_length=cfg.data.block_size, batch_size=cfg.eval.batch_size)
-    assert ppl.perplexity == pytest.approx(summary["rounds"][-1]["val_perplexity"], rel=1e-5)
+    assert ppl.perplexity == pytest.approx(summary.rounds[-1].val_perplexity, rel=1e-5)
 
     ticket_cfg = json.loads((run.ticket / "ticket_config.json").read_text())
     assert ticket_cfg["sparsity"]["overall"] == 0.75 and ticket_cfg["rounds"] == 2
-    assert "| 2     | imp " in (run.ticket / "README.md").read_text()
+    assert ["2", "imp", "75.0%"] == table_rows((run.ticket / "README.md").read_text())[3][:3]
     results = json.loads(run.results.read_text())
     assert results["complete"] and len(results["rounds"]) == 3
 
@@ -107,18 +116,18 @@ def test_same_config_same_results_and_resume_skips_finished_rounds(micro, observ
     cfg = load_config(None, micro)
     first = lottery.find_ticket(cfg)
     again = lottery.find_ticket(cfg)  # every phase's output exists: nothing is retrained
-    assert again == first and len(observed) == 4
+    assert again == first and len(observed) == 5
 
     other = load_config(None, [*micro[:-1], micro[-1] + "-fresh"])
     fresh = lottery.find_ticket(other)
 
     def strip(summary):
-        return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in summary["rounds"] + summary["controls"]]
+        return [{k: v for k, v in r.to_dict().items() if k != "wall_seconds"} for r in summary.phases]
 
     assert strip(fresh) == strip(first)
 
     changed = load_config(None, [*micro, "--prune.fraction", "0.3"])
-    with pytest.raises(lottery.ConfigError, match="holds a run of a different config"):
+    with pytest.raises(ConfigError, match="holds a run of a different config"):
         lottery.find_ticket(changed)
 
 
@@ -139,7 +148,14 @@ def run_cli(*args, cwd=None):
 def test_cli_micro_end_to_end(micro, tmp_path):
     result = run_cli("find", *micro)
     assert result.returncode == 0, result.stderr
-    assert "| 2     | imp " in result.stdout and "control:random_reinit" in result.stdout
+    rows = table_rows(result.stdout)
+    assert [row[:3] for row in rows[1:]] == [
+        ["0", "dense", "0.0%"],
+        ["1", "imp", "50.0%"],
+        ["2", "imp", "75.0%"],
+        ["2", "random_reinit (seed 1)", "75.0%"],
+        ["2", "random_prune (seed 1)", "75.0%"],
+    ]
     assert (tmp_path / "run" / "ticket" / "model.safetensors").is_file()
 
 
@@ -162,6 +178,7 @@ def test_cli_micro_end_to_end(micro, tmp_path):
         (["--data.block_size", "64"], "data.block_size=64 exceeds the model's context of 32 tokens"),
         (["--model.config", "{n_layers: 2}"], "unknown key model.config.n_layers for model_type gpt2; did you mean"),
         (["--model.model_type", "gtp2"], "model.model_type='gtp2' is not a transformers model type; did you mean"),
+        (["--controls", "[random_pruning]"], "unknown branch 'random_pruning'; did you mean random_prune? allowed:"),
     ],
 )
 def test_cli_bad_input_one_line_exit_2_nothing_written(micro, tmp_path, args, message):
@@ -218,7 +235,7 @@ def test_pretrained_init_rewinds_to_the_pretrained_weights(micro, tmp_path):
     ticket = lottery.RunDir(cfg.output_dir).ticket
     assert json.loads((ticket / "ticket_config.json").read_text())["base_model"] == str(tmp_path / "base")
     assert "base_model:" not in (ticket / "README.md").read_text()  # the card's base_model is for Hub ids only
-    assert summary["rounds"][1]["sparsity"] == 0.5
+    assert summary.rounds[1].sparsity == 0.5
 
 
 def test_accelerate_launch_runs_the_same_code_without_any_accelerate_config(micro, tmp_path):
@@ -232,7 +249,7 @@ def test_accelerate_launch_runs_the_same_code_without_any_accelerate_config(micr
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "| 2     | imp " in result.stdout
+    assert ["2", "imp", "75.0%"] in [row[:3] for row in table_rows(result.stdout)]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["complete"]
 
 
@@ -246,9 +263,9 @@ def test_tensorboard_tracking_logs_loss_lr_sparsity_and_perplexity(micro, tmp_pa
     tags = set(accumulator.Tags()["scalars"])
     assert {"train/loss", "train/lr", "round/sparsity", "round/val_perplexity"} <= tags
     logged = [e.value for e in accumulator.Scalars("round/val_perplexity")]
-    expected = [r["val_perplexity"] for r in summary["rounds"] + summary["controls"]]
+    expected = [r.val_perplexity for r in summary.phases]
     assert logged == pytest.approx(expected, rel=1e-6)
-    assert len(accumulator.Scalars("train/loss")) == 4 * cfg.train.steps // 2
+    assert len(accumulator.Scalars("train/loss")) == len(summary.phases) * cfg.train.steps // 2
 
 
 def test_bf16_mixed_precision_keeps_masks_exact(micro, tmp_path):

@@ -3,10 +3,12 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from gpt_tickets.architectures import prunable_weights
 from gpt_tickets.config import ConfigError
-from gpt_tickets.masks import Mask, MaskedParameters, sparsity_report
-from gpt_tickets.pruning import magnitude_prune
+from gpt_tickets.models.families import prunable_weights
+from gpt_tickets.sparsity.apply import MaskedParameters
+from gpt_tickets.sparsity.masks import Mask
+from gpt_tickets.sparsity.report import sparsity_report
+from gpt_tickets.sparsity.select import magnitude_prune
 
 TINY_DECODER = dict(
     hidden_size=16,
@@ -69,8 +71,8 @@ def test_other_decoder_families_prune_and_train(model):
     for name, m in mask.items():
         assert not model.get_parameter(name)[~m].any()
     report = sparsity_report(mask, model.config.model_type)
-    assert report["overall"] == pytest.approx(0.5, abs=1e-3)
-    assert set(report["per_layer"]) == {"0", "1"}
+    assert report.overall == pytest.approx(0.5, abs=1e-3)
+    assert set(report.per_layer) == {"0", "1"}
 
 
 def test_unknown_architecture_is_a_clear_error():
@@ -138,9 +140,7 @@ def test_global_selection_matches_torch_global_unstructured(ties):
             pruned = torch.cat([params[n][~mask[n]].abs() for n in mask])
             assert differ.numel() == 0 or bool((differ == pruned.max()).all())
         if ties:  # go on from the same masks, so the next round compares like with like
-            mask = Mask()
-            for n, m in theirs.items():
-                mask[n] = m
+            mask = Mask(theirs)
 
 
 def test_mask_refuses_non_binary_and_round_trips(tmp_path):
@@ -153,12 +153,36 @@ def test_mask_refuses_non_binary_and_round_trips(tmp_path):
     assert loaded["w"].dtype == torch.bool and torch.equal(loaded["w"], mask["w"])
 
 
+def _updated(value):
+    mask = Mask()
+    mask.update({"w": value})
+    return mask
+
+
+def _defaulted(value):
+    mask = Mask()
+    mask.setdefault("w", value)
+    return mask
+
+
+@pytest.mark.parametrize(
+    "fill",
+    [lambda v: Mask({"w": v}), lambda v: Mask(w=v), lambda v: Mask([("w", v)]), _updated, _defaulted],
+    ids=["dict", "keywords", "pairs", "update", "setdefault"],
+)
+def test_every_way_of_filling_a_mask_checks_for_0_and_1(fill):
+    with pytest.raises(ValueError, match="other than 0 and 1"):
+        fill(torch.tensor([0.0, 2.0]))
+    mask = fill(torch.tensor([0.0, 1.0]))
+    assert mask["w"].dtype == torch.bool and mask["w"].tolist() == [False, True]
+
+
 def test_sparsity_report_groups_and_layers():
     model = tiny_gpt2()
     mask = Mask.ones_like(model, prunable_weights(model, ["attention", "mlp"]))
     mask["transformer.h.1.mlp.c_fc.weight"] = torch.zeros_like(mask["transformer.h.1.mlp.c_fc.weight"])
     report = sparsity_report(mask, "gpt2")
-    assert report["attention"] == 0.0
-    assert report["per_layer"]["1"]["mlp"] == 0.5  # c_fc and c_proj have the same size
-    assert report["per_layer"]["0"]["mlp"] == 0.0
-    assert report["overall"] == pytest.approx(16 * 64 / mask.numel())
+    assert report.groups["attention"] == 0.0
+    assert report.per_layer["1"]["mlp"] == 0.5  # c_fc and c_proj have the same size
+    assert report.per_layer["0"]["mlp"] == 0.0
+    assert report.overall == pytest.approx(16 * 64 / mask.numel())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt_tickets.masks import Mask
+from gpt_tickets.sparsity.masks import Mask
 
 from .conftest import MICRO
 
@@ -27,7 +27,7 @@ def find(output_dir: Path, *extra: str, launcher: list[str] | None = None, env: 
 def outcome(run: Path) -> tuple[list[dict], dict[str, Mask]]:
     summary = json.loads((run / "results.json").read_text())
     assert summary["complete"]
-    entries = [{k: v for k, v in e.items() if k != "wall_seconds"} for e in summary["rounds"] + summary["controls"]]
+    entries = [{k: v for k, v in e.items() if k != "wall_seconds"} for e in summary["rounds"] + summary["branches"]]
     masks = {d.name: Mask.load(d / "mask.safetensors") for d in sorted(run.glob("round_*"))}
     return entries, masks
 
@@ -136,3 +136,32 @@ def test_world_size_that_does_not_divide_the_global_batch_is_refused(tmp_path):
     assert "train.batch_size=5 is not a multiple of micro_batch_size=2 x 2 processes" in result.stderr
     assert "gpt_tickets/" not in result.stderr  # the launcher reports the failed ranks; ours print one line each
     assert not (tmp_path / "run").exists()
+
+
+RANK_CHECK = """
+import sys, torch
+from accelerate import Accelerator
+from gpt_tickets.lottery.context import check_ranks_agree
+from gpt_tickets.sparsity.masks import Mask
+
+acc = Accelerator()
+mask = Mask({"w": torch.ones(4, dtype=torch.bool)})
+if sys.argv[1] == "differ" and acc.process_index == 1:
+    mask["w"][0] = False  # one process derived another mask
+check_ranks_agree(acc, "round 1", mask)
+acc.print("agreed")
+"""
+
+
+@pytest.mark.parametrize("case", ["agree", "differ"])
+def test_processes_with_different_masks_stop_the_run(tmp_path, case):
+    script = tmp_path / "check.py"
+    script.write_text(RANK_CHECK)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*torchrun, str(script), case], capture_output=True, text=True, timeout=300, env=env)
+    if case == "agree":
+        assert result.returncode == 0 and "agreed" in result.stdout, result.stderr
+    else:
+        assert result.returncode != 0 and "agreed" not in result.stdout
+        assert "round 1: the processes hold different masks (checksums" in result.stderr

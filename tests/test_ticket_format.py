@@ -1,6 +1,7 @@
 """The exported ticket: repo layout, bit-packed masks, the compact encoding and the model card."""
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -11,24 +12,29 @@ from huggingface_hub import ModelCard
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gpt_tickets.bitpack import pack_bits, packed_size, unpack_bits
 from gpt_tickets.config import config_from_dict
-from gpt_tickets.export import export_ticket
-from gpt_tickets.masks import Mask
-from gpt_tickets.model_card import card_metadata
-from gpt_tickets.ticket import detach_masks, load_ticket
-from gpt_tickets.ticket_format import compact_tensors, dense_tensors, load_packed_masks
+from gpt_tickets.sparsity.apply import detach_masks
+from gpt_tickets.sparsity.masks import Mask
+from gpt_tickets.tickets.bitpack import pack_bits, packed_size, unpack_bits
+from gpt_tickets.tickets.card import card_metadata
+from gpt_tickets.tickets.encoding import compact_tensors, dense_tensors, load_packed_masks
+from gpt_tickets.tickets.export import export_ticket
+from gpt_tickets.tickets.format import read_ticket_config
+from gpt_tickets.tickets.load import load_ticket
+
+from .conftest import table_rows
 
 
 def run_artifacts(run: Path):
-    """What export_ticket takes, as the micro run left it: its config, results, final mask and ticket model."""
+    """What export_ticket takes, as the micro run left it: its config, ticket config, final mask and ticket model."""
     data = yaml.safe_load((run / "config.yaml").read_text())
     data.pop("fingerprint")
     summary = json.loads((run / "results.json").read_text())
     rounds = len(summary["rounds"]) - 1
     mask = Mask.load(run / f"round_{rounds}" / "mask.safetensors")
     model = AutoModelForCausalLM.from_pretrained(run / "ticket")
-    return config_from_dict(data), summary, mask, model, AutoTokenizer.from_pretrained(run / "ticket")
+    tcfg = read_ticket_config(run / "ticket")
+    return config_from_dict(data), tcfg, mask, model, AutoTokenizer.from_pretrained(run / "ticket")
 
 
 def state(model) -> dict[str, torch.Tensor]:
@@ -99,7 +105,10 @@ def test_run_exports_the_documented_repo_layout(micro_run):
     assert tcfg["base_config"]["model_type"] == "gpt2"
     assert tcfg["sparsity"]["overall"] == pytest.approx(0.75, abs=1e-9)  # 1 - (1 - 0.5)^2
     assert set(tcfg["sparsity"]) >= {"overall", "attention", "mlp"} and set(tcfg["per_layer_sparsity"]) == {"0", "1"}
-    assert tcfg["gpt_tickets_version"] == "0.1.0"
+    assert tcfg["gpt_tickets_version"] == version("gpt-tickets")
+    assert (
+        tcfg["val_perplexity"] == json.loads((micro_run / "results.json").read_text())["rounds"][-1]["val_perplexity"]
+    )
 
 
 def test_model_card_metadata_parses_with_huggingface_hub(micro_run):
@@ -112,17 +121,19 @@ def test_model_card_metadata_parses_with_huggingface_hub(micro_run):
     assert result.metric_type == "perplexity"
     assert result.metric_value == pytest.approx(final["val_perplexity"], rel=1e-6)
     assert result.dataset_type == "pydoc_data.topics" and result.dataset_split == "validation"
-    for text in ("from gpt_tickets import load_ticket", "AutoModelForCausalLM.from_pretrained", "| round |"):
+    for text in ("from gpt_tickets import load_ticket", "AutoModelForCausalLM.from_pretrained"):
         assert text in card.text
-    for r in summary["rounds"]:  # the per-round table
-        assert f"{r['val_perplexity']:.2f}" in card.text
+    rows = table_rows(card.text)
+    assert rows[0][:2] == ["round", "run"]
+    phases = summary["rounds"] + summary["branches"]  # the run's table: every round and control, in order
+    assert [row[5] for row in rows[1 : 1 + len(phases)]] == [f"{r['val_perplexity']:.2f}" for r in phases]
 
 
 def test_model_card_names_a_hub_base_model_and_its_dataset(micro_run):
-    cfg, summary, *_ = run_artifacts(micro_run)
+    cfg, tcfg, *_ = run_artifacts(micro_run)
     cfg.model.init, cfg.model.name_or_path = "pretrained", "openai-community/gpt2"
     cfg.data.source, cfg.data.name, cfg.data.config_name = "hub", "wikitext", "wikitext-2-raw-v1"
-    data = card_metadata(cfg, summary)
+    data = card_metadata(cfg, tcfg)
     assert data.base_model == "openai-community/gpt2" and data.datasets == ["wikitext"]
     (result,) = data.eval_results
     assert (result.dataset_type, result.dataset_config, result.dataset_split) == (
@@ -134,11 +145,11 @@ def test_model_card_names_a_hub_base_model_and_its_dataset(micro_run):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dense_compact_and_both_load_back_bitwise_equal(micro_run, tmp_path, dtype):
-    cfg, summary, mask, model, tokenizer = run_artifacts(micro_run)
+    cfg, _, mask, model, tokenizer = run_artifacts(micro_run)
     model = model.to(dtype)
     reference = state(model)
     for weights_format in ("dense", "compact", "both"):
-        folder = export_ticket(model, tokenizer, mask, cfg, summary, tmp_path / weights_format, weights_format)
+        folder = export_ticket(model, tokenizer, mask, cfg, tmp_path / weights_format, weights_format=weights_format)
         has_dense = (folder / "model.safetensors").exists()
         assert has_dense == (weights_format != "compact")
         assert (folder / "ticket_compact.safetensors").exists() == (weights_format != "dense")

@@ -1,0 +1,256 @@
+"""The run config's schema: one dataclass per section, every value checked in ``__post_init__``.
+
+Configs are data, never code: a typo fails in the first second instead of after an hour of training. Values that
+another layer owns are checked against that layer's own list (weight formats: the ticket format; branch names:
+the branch registry, when a run starts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from ..tickets.format import WEIGHT_FORMATS
+
+PRUNABLE_GROUPS = ("attention", "mlp", "embeddings")
+SCOPES = ("global", "layer")
+INITS = ("scratch", "pretrained")
+DATA_SOURCES = ("embedded", "hub", "files")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio")
+
+# The embedded default: small enough that the whole ticket loop runs in minutes on 2 CPU cores.
+TINY_GPT2 = {
+    "n_layer": 4,
+    "n_embd": 128,
+    "n_head": 4,
+    "n_positions": 128,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+}
+
+
+def check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    check(value in allowed, f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+
+@dataclass
+class ModelConfig:
+    init: str = field(default="scratch", metadata={"help": "scratch (random init from `config`) or pretrained"})
+    name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local folder of a causal LM; required when init=pretrained"}
+    )
+    model_type: str = field(default="gpt2", metadata={"help": "transformers model_type built when init=scratch"})
+    config: dict[str, Any] = field(
+        default_factory=lambda: dict(TINY_GPT2),
+        metadata={"help": "keyword arguments of the transformers config (init=scratch)"},
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of name_or_path"})
+
+    def __post_init__(self) -> None:
+        _one_of("model.init", self.init, INITS)
+        if self.init == "pretrained":
+            check(bool(self.name_or_path), "model.name_or_path is required when model.init=pretrained")
+
+
+@dataclass
+class DataConfig:
+    source: str = field(default="embedded", metadata={"help": "embedded (pydoc_data.topics), hub or files"})
+    name: str | None = field(default=None, metadata={"help": "Hub dataset name, e.g. wikitext (source=hub)"})
+    config_name: str | None = field(default=None, metadata={"help": "Hub dataset config, e.g. wikitext-2-raw-v1"})
+    train_split: str = field(default="train", metadata={"help": "split used for training"})
+    validation_split: str = field(default="validation", metadata={"help": "split used for perplexity per round"})
+    train_files: list[str] = field(default_factory=list, metadata={"help": "local .txt/.json/.jsonl (source=files)"})
+    validation_files: list[str] = field(default_factory=list, metadata={"help": "local validation files"})
+    text_column: str = field(default="text", metadata={"help": "column holding the text"})
+    block_size: int = field(default=128, metadata={"help": "tokens per training block and per evaluation window"})
+    vocab_size: int = field(default=2048, metadata={"help": "size of the BPE tokenizer trained for init=scratch"})
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "share of embedded documents held out for validation"}
+    )
+    max_validation_tokens: int | None = field(
+        default=None, metadata={"help": "score only the first N validation tokens per round (None: all)"}
+    )
+
+    def __post_init__(self) -> None:
+        _one_of("data.source", self.source, DATA_SOURCES)
+        if self.source == "hub":
+            check(bool(self.name), "data.name is required when data.source=hub (e.g. wikitext)")
+        if self.source == "files":
+            check(bool(self.train_files), "data.train_files must list at least one file when data.source=files")
+            check(bool(self.validation_files), "data.validation_files must list at least one file (source=files)")
+        check(self.block_size >= 2, f"data.block_size={self.block_size} must be >= 2")
+        check(self.vocab_size >= 260, f"data.vocab_size={self.vocab_size} must be >= 260 (256 bytes + specials)")
+        check(
+            0 < self.validation_fraction < 1,
+            f"data.validation_fraction={self.validation_fraction} must be in (0, 1)",
+        )
+        if self.max_validation_tokens is not None:
+            check(self.max_validation_tokens >= 2, "data.max_validation_tokens must be >= 2 or null")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = field(default=200, metadata={"help": "optimizer steps per round (the same every round)"})
+    batch_size: int = field(
+        default=16, metadata={"help": "global batch: blocks per optimizer step, over all processes"}
+    )
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "blocks per device per forward pass (None: batch_size / processes); accumulation is derived"},
+    )
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm (None: off)"})
+    mixed_precision: str | None = field(
+        default=None, metadata={"help": "no, bf16 or fp16; None takes the accelerate config's choice"}
+    )
+    checkpoint_every: int = field(
+        default=50,
+        metadata={"help": "save a resumable checkpoint every N steps inside a round (0: only at round ends)"},
+    )
+
+    def batch_layout(self, num_processes: int) -> tuple[int, int]:
+        """(micro-batch per device, gradient accumulation steps) giving exactly ``batch_size`` per optimizer step."""
+        micro = self.micro_batch_size or self.batch_size // num_processes
+        per_pass = micro * num_processes
+        check(
+            micro >= 1 and self.batch_size % per_pass == 0,
+            f"train.batch_size={self.batch_size} is not a multiple of micro_batch_size={micro} x {num_processes} "
+            f"processes; choose a global batch divisible by the world size (and by micro_batch_size)",
+        )
+        return micro, self.batch_size // per_pass
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 1, f"train.steps={self.steps} must be >= 1")
+        check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1")
+        if self.micro_batch_size is not None:
+            check(self.micro_batch_size >= 1, f"train.micro_batch_size={self.micro_batch_size} must be >= 1")
+        check(self.checkpoint_every >= 0, f"train.checkpoint_every={self.checkpoint_every} must be >= 0")
+        check(self.lr > 0, f"train.lr={self.lr} must be > 0")
+        check(0 <= self.warmup_steps < self.steps, f"train.warmup_steps={self.warmup_steps} must be in [0, steps)")
+        check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
+        if self.mixed_precision is not None:
+            _one_of("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+
+
+@dataclass
+class PruneConfig:
+    rounds: int = field(default=5, metadata={"help": "pruning rounds R after the dense round 0"})
+    fraction: float = field(default=0.2, metadata={"help": "share p of the *remaining* weights pruned per round"})
+    scope: str = field(default="global", metadata={"help": "global (all prunable weights) or layer (per matrix)"})
+    rewind_step: int = field(default=0, metadata={"help": "k: 0 rewinds to init, k > 0 to step k of dense training"})
+    groups: list[str] = field(
+        default_factory=lambda: ["attention", "mlp"],
+        metadata={"help": "weights to prune: attention, mlp, embeddings"},
+    )
+
+    def __post_init__(self) -> None:
+        check(self.rounds >= 1, f"prune.rounds={self.rounds} must be >= 1")
+        check(0 < self.fraction < 1, f"prune.fraction={self.fraction} must be in (0, 1), exclusive")
+        _one_of("prune.scope", self.scope, SCOPES)
+        check(self.rewind_step >= 0, f"prune.rewind_step={self.rewind_step} must be >= 0")
+        check(bool(self.groups), f"prune.groups is empty; choose from {', '.join(PRUNABLE_GROUPS)}")
+        for group in self.groups:
+            _one_of("prune.groups[]", group, PRUNABLE_GROUPS)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = field(default=16, metadata={"help": "windows per forward pass"})
+    stride: int | None = field(default=None, metadata={"help": "sliding-window stride (None: = data.block_size)"})
+
+    def __post_init__(self) -> None:
+        check(self.batch_size >= 1, f"eval.batch_size={self.batch_size} must be >= 1")
+        if self.stride is not None:
+            check(self.stride >= 1, f"eval.stride={self.stride} must be >= 1")
+
+
+@dataclass
+class TrackConfig:
+    log_with: list[str] = field(
+        default_factory=list, metadata={"help": "accelerate trackers, e.g. [tensorboard] or [wandb]; [] is off"}
+    )
+    project_name: str = field(default="gpt_tickets", metadata={"help": "tracker project / run group name"})
+    log_every: int = field(default=10, metadata={"help": "log loss and lr every N optimizer steps"})
+
+    def __post_init__(self) -> None:
+        for tracker in self.log_with:
+            _one_of("track.log_with[]", tracker, TRACKERS)
+        check(self.log_every >= 1, f"track.log_every={self.log_every} must be >= 1")
+
+
+@dataclass
+class ExportConfig:
+    format: str = field(
+        default="dense",
+        metadata={"help": "dense (model.safetensors), compact (kept values + bitmaps) or both"},
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Hub repo id (org/name) the ticket is pushed to at the end (None: no push)"}
+    )
+    private: bool = field(default=False, metadata={"help": "create the Hub repo private"})
+
+    def __post_init__(self) -> None:
+        _one_of("export.format", self.format, WEIGHT_FORMATS)
+        if self.push_to_hub is not None:
+            check(
+                self.push_to_hub.count("/") == 1 and all(self.push_to_hub.split("/")),
+                f"export.push_to_hub={self.push_to_hub!r} is not a repo id; write it as org/name",
+            )
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = field(default="runs/tiny", metadata={"help": "run directory (results, masks, ticket)"})
+    seed: int = field(default=0, metadata={"help": "seed of init, data order and controls"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    controls: list[str] = field(
+        default_factory=lambda: ["random_reinit", "random_prune"],
+        metadata={"help": "branches run on the final round at the end of find (seed: the run's seed + 1)"},
+    )
+
+    def __post_init__(self) -> None:
+        check(
+            self.prune.rewind_step <= self.train.steps,
+            f"prune.rewind_step={self.prune.rewind_step} is beyond train.steps={self.train.steps}; "
+            f"choose 0..{self.train.steps}",
+        )
+        check(len(set(self.controls)) == len(self.controls), f"controls={self.controls} lists a branch twice")
+        if self.eval.stride is not None:
+            check(
+                self.eval.stride <= self.data.block_size,
+                f"eval.stride={self.eval.stride} must be <= data.block_size={self.data.block_size}",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that affects results, naming a run's identity.
+
+        Where results go, how often they are checkpointed, what logs them and how the ticket is shipped does not
+        change them.
+        """
+        payload = self.to_dict()
+        for key in ("output_dir", "track", "export"):
+            payload.pop(key)
+        payload["train"].pop("checkpoint_every")
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

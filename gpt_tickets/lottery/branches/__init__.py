@@ -1,0 +1,17 @@
+"""Branches: plug-ins that train something else from a finished round (controls, baselines, ...)."""
+
+from . import random_prune, random_reinit  # noqa: F401  (each registers itself)
+from .base import Branch, BranchParams, FinishedRound
+from .registry import BRANCHES, get_branch, register
+from .runner import run_branch, train_branch
+
+__all__ = [
+    "BRANCHES",
+    "Branch",
+    "BranchParams",
+    "FinishedRound",
+    "get_branch",
+    "register",
+    "run_branch",
+    "train_branch",
+]

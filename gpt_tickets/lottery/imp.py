@@ -1,0 +1,102 @@
+"""Iterative magnitude pruning with rewinding: the only place that knows the order of rounds.
+
+Round 0 trains the dense model and stores the step-k weights on disk; each round r >= 1 prunes p of the surviving
+weights by trained magnitude, rewinds the survivors to step k, retrains with a fresh optimizer and schedule, and
+evaluates. Everything that crosses a round lives in the run directory, so a finished round is never recomputed
+when the same command runs again, and branches (the controls) start from what the rounds saved.
+"""
+
+from __future__ import annotations
+
+from accelerate import Accelerator
+
+from ..config.schema import RunConfig
+from ..models.params import load_parameters, save_parameters
+from ..reporting.tables import results_table
+from ..sparsity.masks import Mask
+from ..sparsity.select import magnitude_prune
+from ..tickets.export import export_ticket
+from .branches.registry import get_branch
+from .branches.runner import default_params, train_branch
+from .context import Phase, RunContext, accelerator_for
+from .results import RoundResult, RunResults
+from .run_dir import RunDir
+
+
+def find_ticket(cfg: RunConfig, accelerator: Accelerator | None = None) -> RunResults:
+    """Run IMP with rewinding as ``cfg`` says, then the branches in ``cfg.controls``, then export the ticket.
+
+    Returns what ``results.json`` holds. Pushing to the Hub (``export.push_to_hub``) is the caller's step after this
+    (``gpt-tickets find`` does it; from Python call ``gpt_tickets.push_ticket``).
+    """
+    branches = [get_branch(name) for name in cfg.controls]  # an unknown name fails before anything is written
+    ctx = RunContext(cfg, accelerator or accelerator_for(cfg))
+    acc, run = ctx.acc, ctx.run_dir
+    results = RunResults(cfg.fingerprint(), acc.num_processes, rounds=[])
+    for r in range(cfg.prune.rounds + 1):
+        results.rounds.append(_round(ctx, r))
+        if acc.is_main_process:
+            results.save(run.results)
+    for i, branch in enumerate(branches):
+        params = default_params(branch, cfg)
+        results.branches.append(
+            train_branch(ctx, branch, params, log_offset=(cfg.prune.rounds + 1 + i) * cfg.train.steps)
+        )
+    final = run.round(cfg.prune.rounds)
+    if acc.is_main_process:
+        load_parameters(ctx.model, final / "trained.safetensors")
+        export_ticket(
+            ctx.model,
+            ctx.tokenizer,
+            Mask.load(final / "mask.safetensors"),
+            cfg,
+            run.ticket,
+            history=results_table(results.phases),
+            val_perplexity=results.rounds[-1].val_perplexity,
+            dense_val_perplexity=results.rounds[0].val_perplexity,
+        )
+        results.complete = True
+        results.save(run.results)
+    acc.wait_for_everyone()
+    ctx.end()
+    results.complete = True
+    return results
+
+
+def _round(ctx: RunContext, r: int) -> RoundResult:
+    """Round r: skipped when its result exists; otherwise trained (resuming inside it) and recorded."""
+    cfg, run = ctx.cfg, ctx.run_dir
+    folder = run.round(r)
+    if RunDir.done(folder).exists():
+        return RoundResult.load(RunDir.done(folder))
+    phase = Phase(
+        key=f"round {r}",
+        folder=folder,
+        start=lambda: _start_round(ctx, r),
+        log_offset=r * cfg.train.steps,
+        keep_trained=True,
+        save_rewind_at=cfg.prune.rewind_step if r == 0 else None,
+    )
+    trained = ctx.train(phase)
+    result = RoundResult.measured(trained.mask, ctx.model_type, trained.outcome, trained.perplexity, round=r)
+    ctx.finish(phase, result)
+    previous = run.round(r - 1) / "trained.safetensors"
+    if r > 0 and ctx.acc.is_main_process and previous.exists():
+        previous.unlink()  # after round r is marked done: only the newest trained weights are needed to go on
+    return result
+
+
+def _start_round(ctx: RunContext, r: int) -> Mask:
+    """Round 0: the initial weights and the full mask. Round r: prune round r-1's trained weights, rewind."""
+    cfg, run = ctx.cfg, ctx.run_dir
+    if r == 0:
+        load_parameters(ctx.model, run.init)
+        if cfg.prune.rewind_step == 0 and ctx.acc.is_main_process:
+            save_parameters(ctx.model, run.rewind)
+        return ctx.full_mask
+    load_parameters(ctx.model, run.round(r - 1) / "trained.safetensors")
+    previous = Mask.load(run.round(r - 1) / "mask.safetensors")
+    trained = {n: ctx.model.get_parameter(n) for n in previous}  # pruned where they live, no copy
+    mask = magnitude_prune(trained, previous, cfg.prune.fraction, cfg.prune.scope)
+    load_parameters(ctx.model, run.rewind)
+    return mask

@@ -1,0 +1,1 @@
+"""Reporting: tables (and later plots) of what runs found."""

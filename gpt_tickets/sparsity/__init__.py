@@ -1,0 +1,1 @@
+"""Pure tensor math of sparsity: masks, scores, selection, applying masks, measuring sparsity. No Accelerate, no Hub."""

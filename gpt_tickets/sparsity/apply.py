@@ -1,0 +1,80 @@
+"""Applying masks to a model: the training step's two calls, and masks attached to any optimizer.
+
+Masked weights are exactly zero at every moment the outside world can observe: after every optimizer step and at
+every save. Gradients of masked weights are zeroed before the step, so Adam's moments stay zero there too.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from .masks import Mask
+
+
+class MaskedParameters:
+    """The model's prunable parameters paired with their masks, on the parameters' device.
+
+    Built once per round so the two calls inside the training step are a tight loop of in-place multiplies. The masks
+    stay bool (1 byte per weight; on a CPU run they share the Mask's memory), not a float copy of every weight.
+    """
+
+    def __init__(self, model: torch.nn.Module, mask: Mask) -> None:
+        self.pairs = []
+        for name, m in mask.items():
+            param = model.get_parameter(name)
+            if param.shape != m.shape:
+                raise ValueError(f"mask {name!r} has shape {tuple(m.shape)}, the weight {tuple(param.shape)}")
+            self.pairs.append((param, m.to(device=param.device)))
+
+    def optimized_by(self, optimizer: torch.optim.Optimizer) -> bool:
+        ids = {id(param) for param, _ in self.pairs}
+        return any(id(p) in ids for group in optimizer.param_groups for p in group["params"])
+
+    def follow_devices(self) -> None:
+        """Move masks to where their parameters now are (a loaded ticket may be moved with ``model.to("cuda")``)."""
+        self.pairs = [(param, m if m.device == param.device else m.to(param.device)) for param, m in self.pairs]
+
+    @torch.no_grad()
+    def zero_weights(self) -> None:
+        for param, m in self.pairs:
+            param.mul_(m)
+
+    @torch.no_grad()
+    def zero_grads(self) -> None:
+        for param, m in self.pairs:
+            if param.grad is not None:
+                param.grad.mul_(m)
+
+
+# Masks attached to a model outside our training loop (a loaded ticket fine-tuned with any optimizer): a global
+# optimizer step hook re-zeroes the pruned weights after every step that updates that model.
+
+_ATTACHED: weakref.WeakKeyDictionary[torch.nn.Module, MaskedParameters] = weakref.WeakKeyDictionary()
+_STEP_HOOK = None
+
+
+def _rezero_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    for masked in list(_ATTACHED.values()):
+        if masked.optimized_by(optimizer):
+            masked.follow_devices()
+            masked.zero_weights()
+
+
+def attach_masks(model: torch.nn.Module, mask: Mask) -> MaskedParameters:
+    """Keep ``model`` sparse under ``mask`` from now on: pruned weights are zeroed now and after every step."""
+    global _STEP_HOOK
+    masked = MaskedParameters(model, mask)
+    masked.zero_weights()
+    _ATTACHED[model] = masked
+    if _STEP_HOOK is None:
+        _STEP_HOOK = register_optimizer_step_post_hook(_rezero_after_step)
+    return masked
+
+
+def detach_masks(model: torch.nn.Module) -> None:
+    """Let the pruned weights of ``model`` train again (dense fine-tuning from the ticket)."""
+    _ATTACHED.pop(model, None)

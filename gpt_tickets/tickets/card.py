@@ -1,0 +1,123 @@
+"""The ticket's README.md: Hub metadata (tags, datasets, model-index with the perplexity) and a body a reader can
+act on: how the ticket was found, the per-round results, its sparsity per layer and how to load it both ways."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCardData
+
+from ..config.schema import RunConfig
+from ..reporting.tables import per_layer_table
+from .format import COMPACT_FILE, MASKS_FILE, TICKET_CONFIG_FILE, TicketConfig
+
+TAGS = ["lottery-ticket", "sparse", "pruned", "gpt_tickets"]
+
+
+def _dataset(cfg: RunConfig) -> tuple[str, str]:
+    """(type, human name) of the validation data, for the model-index."""
+    if cfg.data.source == "hub":
+        return cfg.data.name, cfg.data.name + (f" ({cfg.data.config_name})" if cfg.data.config_name else "")
+    if cfg.data.source == "embedded":
+        return "pydoc_data.topics", "pydoc_data.topics (Python standard library)"
+    return "local-files", ", ".join(Path(f).name for f in cfg.data.validation_files)
+
+
+def hub_base_model(cfg: RunConfig) -> str | None:
+    """The Hub id the ticket was pruned from; None for a model trained from scratch or read from a local folder."""
+    name = cfg.model.name_or_path
+    if cfg.model.init != "pretrained" or name is None or Path(name).exists():
+        return None
+    return name
+
+
+def card_metadata(cfg: RunConfig, tcfg: TicketConfig) -> ModelCardData:
+    dataset_type, dataset_name = _dataset(cfg)
+    split = cfg.data.validation_split if cfg.data.source != "files" else "validation"
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        base_model=hub_base_model(cfg),
+        tags=TAGS,
+        datasets=[cfg.data.name] if cfg.data.source == "hub" else None,
+        model_name=f"lottery ticket ({tcfg.sparsity['overall']:.1%} sparse)",
+        eval_results=None
+        if tcfg.val_perplexity is None
+        else [
+            EvalResult(
+                task_type="text-generation",
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
+                dataset_config=cfg.data.config_name if cfg.data.source == "hub" else None,
+                dataset_split=split,
+                metric_type="perplexity",
+                metric_name="Perplexity",
+                metric_value=round(tcfg.val_perplexity, 4),
+            )
+        ],
+    )
+
+
+def _perplexity(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2f}"
+
+
+def model_card(cfg: RunConfig, tcfg: TicketConfig, history: str = "") -> str:
+    """The README.md of a ticket; ``history`` is the run's table of rounds and controls (Markdown)."""
+    dense_perplexity = _perplexity(tcfg.dense_val_perplexity)
+    repo = cfg.export.push_to_hub or "path/to/ticket"
+    rewind = "initialisation" if cfg.prune.rewind_step == 0 else f"step {cfg.prune.rewind_step} of dense training"
+    origin = f"`{cfg.model.name_or_path}`" if cfg.model.init == "pretrained" else "a model trained from scratch"
+    has_dense = tcfg.weights_format in ("dense", "both")
+    transformers_way = (
+        f"""```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("{repo}")  # a plain model, zeros where pruned
+tokenizer = AutoTokenizer.from_pretrained("{repo}")
+```"""
+        if has_dense
+        else "This export holds only the compact encoding: load it with gpt_tickets (below)."
+    )
+    compact_line = (
+        f"- `{COMPACT_FILE}`: the pruned weights as their kept values only (with the masks, the compact encoding).\n"
+        if tcfg.weights_format != "dense"
+        else ""
+    )
+    return f"""---
+{card_metadata(cfg, tcfg).to_yaml()}
+---
+
+# Lottery ticket: {tcfg.sparsity["overall"]:.1%} sparse, validation perplexity {_perplexity(tcfg.val_perplexity)}
+
+A sparse subnetwork of {origin} found by [gpt_tickets](https://pypi.org/project/gpt-tickets/) with iterative
+magnitude pruning and rewinding (Frankle & Carbin 2018; Frankle et al. 2020): {cfg.prune.rounds} rounds, each
+pruning {cfg.prune.fraction:.0%} of the remaining {", ".join(cfg.prune.groups)} weights ({cfg.prune.scope} scope) by
+magnitude, rewinding the survivors to {rewind} and retraining {cfg.train.steps} steps (seed {cfg.seed}). The dense
+model reached {dense_perplexity}. Perplexity on the validation data of
+{_dataset(cfg)[1]}, windows of {cfg.data.block_size} tokens.
+
+{history}
+
+Sparsity per layer:
+
+{per_layer_table(tcfg.per_layer_sparsity)}
+
+## Load it
+
+With transformers alone:
+
+{transformers_way}
+
+With gpt_tickets, the masks attached, so that further fine-tuning keeps the ticket sparse (the weights and masks
+are checked on load):
+
+```python
+from gpt_tickets import load_ticket
+model = load_ticket("{repo}")
+```
+
+## Files
+
+- `{TICKET_CONFIG_FILE}`: how the ticket was found, its sparsity overall, per group and per layer.
+- `{MASKS_FILE}`: one bit-packed mask per pruned weight, named after the weight (1 = kept).
+{compact_line}"""

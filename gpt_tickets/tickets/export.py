@@ -1,0 +1,106 @@
+"""Write a ticket as a folder that plain ``transformers`` loads, plus its masks, settings and model card."""
+
+from __future__ import annotations
+
+import shutil
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..config.schema import RunConfig
+from ..errors import TicketError
+from ..io import atomic_write_json, atomic_write_text, replace_dir
+from ..sparsity.masks import Mask, first_stray_weight, mask_checksum
+from ..sparsity.report import sparsity_report
+from .card import model_card
+from .encoding import read_dense_weights, save_compact, save_packed_masks
+from .format import COMPACT_FILE, DENSE_FILE, DENSE_INDEX_FILE, MASKS_FILE, TICKET_CONFIG_FILE, TicketConfig
+
+
+def package_version() -> str:
+    try:
+        return version("gpt-tickets")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def ticket_config(
+    cfg: RunConfig,
+    mask: Mask,
+    model_type: str,
+    weights_format: str,
+    val_perplexity: float | None = None,
+    dense_val_perplexity: float | None = None,
+) -> TicketConfig:
+    report = sparsity_report(mask, model_type)
+    pretrained = cfg.model.init == "pretrained"
+    return TicketConfig(
+        weights_format=weights_format,
+        base_model=cfg.model.name_or_path if pretrained else None,  # Hub id or folder
+        base_model_revision=cfg.model.revision,
+        base_config=None if pretrained else {"model_type": cfg.model.model_type, **cfg.model.config},
+        seed=cfg.seed,
+        rounds=cfg.prune.rounds,
+        fraction_per_round=cfg.prune.fraction,
+        scope=cfg.prune.scope,
+        rewind_step=cfg.prune.rewind_step,
+        groups=list(cfg.prune.groups),
+        sparsity=report.summary(),
+        per_layer_sparsity=report.per_layer,
+        mask_checksum=mask_checksum(mask),
+        gpt_tickets_version=package_version(),
+        val_perplexity=val_perplexity,
+        dense_val_perplexity=dense_val_perplexity,
+    )
+
+
+def write_weights(model: PreTrainedModel, mask: Mask, folder: Path, weights_format: str) -> None:
+    """The model (``save_pretrained``) and its masks in ``folder``, the weights dense, compact or both."""
+    model.save_pretrained(folder, safe_serialization=True)
+    save_packed_masks(mask, folder / MASKS_FILE)
+    if weights_format != "dense":
+        # Encoded from the files save_pretrained wrote, so decoding gives back exactly those tensors.
+        save_compact(read_dense_weights(folder), mask, folder / COMPACT_FILE)
+    if weights_format == "compact":
+        for dense_file in [DENSE_FILE, DENSE_INDEX_FILE, *(p.name for p in folder.glob("model-*.safetensors"))]:
+            (folder / dense_file).unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def export_ticket(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    mask: Mask,
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    history: str = "",
+    val_perplexity: float | None = None,
+    dense_val_perplexity: float | None = None,
+    weights_format: str | None = None,
+) -> Path:
+    """Write the ticket into ``out_dir`` atomically (a temp folder renamed into place).
+
+    Args:
+        history: a Markdown table of how the ticket was found (the run's rounds and controls), for the model card.
+        val_perplexity: the ticket's validation perplexity (and ``dense_val_perplexity`` the dense model's), stated in
+            ``ticket_config.json`` and the card's ``model-index``.
+        weights_format: ``dense`` (``model.safetensors``, zeros where pruned), ``compact`` (kept values and bitmaps
+            only) or ``both``; default ``cfg.export.format``.
+    """
+    weights_format = weights_format or cfg.export.format
+    out_dir = Path(out_dir)
+    stray = first_stray_weight(model, mask)
+    if stray:
+        raise TicketError(f"weight {stray[0]!r} is non-zero where its mask is 0; refusing to export")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_weights(model, mask, tmp, weights_format)
+    tokenizer.save_pretrained(tmp)
+    tcfg = ticket_config(cfg, mask, model.config.model_type, weights_format, val_perplexity, dense_val_perplexity)
+    atomic_write_json(tcfg.to_dict(), tmp / TICKET_CONFIG_FILE)
+    atomic_write_text(model_card(cfg, tcfg, history), tmp / "README.md")
+    replace_dir(tmp, out_dir)
+    return out_dir

@@ -1,0 +1,84 @@
+"""Pushing a ticket folder to the Hub: checked first, then one commit with ``HfApi.upload_folder``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from huggingface_hub import CommitInfo, HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, HTTPError
+from transformers.utils import logging as hf_logging
+
+from ..errors import TicketError, first_line
+from ..sparsity.apply import detach_masks
+from .hub import TICKET_FILE_PATTERNS
+from .load import load_ticket
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """The check loads the model: its "Loading weights" bar would sit above a push's one-line answer."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def require_token(token: str | None = None) -> str:
+    """The token from the argument or the usual huggingface_hub places (HF_TOKEN, ``hf auth login``)."""
+    token = token or get_token()
+    if not token:
+        raise TicketError("no Hugging Face token found: run `hf auth login` or set HF_TOKEN (nothing was uploaded)")
+    return token
+
+
+def push_ticket(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> CommitInfo:
+    """Upload a ticket folder to ``repo_id`` as one commit, after checking the token, the Hub and the folder.
+
+    Args:
+        revision: branch to commit to (created when missing); default the repo's main branch.
+        create_pr: open a pull request with the commit instead of committing to the branch.
+    """
+    token = require_token(token)
+    folder = Path(folder)
+    with _no_progress_bars():
+        checked = load_ticket(folder)  # the checks a downloader's load_ticket makes, before any upload work
+    detach_masks(checked)
+    overall = checked.ticket.config.sparsity["overall"]
+    if constants.HF_HUB_OFFLINE:
+        raise TicketError("cannot push: HF_HUB_OFFLINE is set (unset it to reach the Hub); nothing was uploaded")
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.whoami()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            revision=revision,
+            create_pr=create_pr,
+            commit_message=commit_message or f"Upload a {overall:.1%} sparse lottery ticket (gpt_tickets)",
+            allow_patterns=TICKET_FILE_PATTERNS,
+        )
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        if status == 401:
+            raise TicketError(f"the Hub at {api.endpoint} rejected the token (401); nothing was pushed") from None
+        raise TicketError(f"pushing to {repo_id!r} failed: {first_line(err)}") from None
+    except (HTTPError, OSError) as err:
+        raise TicketError(f"cannot reach the Hub at {api.endpoint}: {first_line(err)}") from None
