@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from .config import load_config
-from .errors import ConfigError, TicketError
+from .errors import ConfigError, RunError, TicketError
 
 
 def _find(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if rest and not getattr(args, "takes_overrides", False):  # only find takes dotted config overrides
             raise ConfigError(f"unrecognized arguments for {args.command}: {' '.join(rest)}")
         return args.run(args, rest)
-    except (ConfigError, TicketError) as err:
+    except (ConfigError, RunError, TicketError) as err:
         print(f"gpt-tickets: error: {err}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,10 @@ class DataError(ConfigError):
     """Bad data input: a missing file, an unreachable dataset or tokenizer, a corpus too small."""
 
 
+class RunError(ValueError):
+    """A run directory the run cannot go on from: a damaged or foreign file, a diverged loss, a full disk."""
+
+
 class TicketError(ValueError):
     """A ticket folder or repo that cannot be used; the message names the file and what is wrong."""
 

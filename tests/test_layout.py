@@ -20,7 +20,7 @@ LAYERS = {
     "config": 1,
     "reporting": 1,
     "errors": 0,
-    "io": 0,
+    "io": 0.25,
     "tickets.format": 0.5,  # the format's names and allowed values: a leaf, so config can check against them
 }
 

@@ -131,12 +131,17 @@ def test_same_config_same_results_and_resume_skips_finished_rounds(micro, observ
         lottery.find_ticket(changed)
 
 
-def test_directory_with_no_finished_round_is_taken_over(micro):
+def test_a_directory_belongs_to_its_config_from_the_first_write(micro):
     cfg = load_config(None, micro)
-    lottery.RunDir(cfg.output_dir).claim(cfg)  # e.g. a run that failed before round 0 ended
-    changed = load_config(None, [*micro, "--prune.fraction", "0.3"])
-    lottery.RunDir(cfg.output_dir).claim(changed)
-    assert changed.fingerprint() in lottery.RunDir(cfg.output_dir).config.read_text()
+    first = lottery.RunDir(cfg.output_dir)
+    first.claim(cfg)  # e.g. a run killed before round 0 ended: only config.yaml is written
+    first.unlock()
+    for change in (["--prune.fraction", "0.3"], ["--seed", "1"]):
+        with pytest.raises(ConfigError, match="holds a run of a different config"):
+            lottery.RunDir(cfg.output_dir).claim(load_config(None, [*micro, *change]))
+    again = lottery.RunDir(cfg.output_dir)
+    again.claim(cfg)  # the same config resumes
+    again.unlock()
 
 
 def run_cli(*args, cwd=None):
@@ -179,9 +184,21 @@ def test_cli_micro_end_to_end(micro, tmp_path):
         (["--model.config", "{n_layers: 2}"], "unknown key model.config.n_layers for model_type gpt2; did you mean"),
         (["--model.model_type", "gtp2"], "model.model_type='gtp2' is not a transformers model type; did you mean"),
         (["--controls", "[random_pruning]"], "unknown branch 'random_pruning'; did you mean random_prune? allowed:"),
+        (["--model.config", "{n_layer: 2, n_embd: 30, n_head: 4, n_positions: 32}"], "must be divisible by num_heads"),
+        (["--model.config", "{n_layer: 2, n_embd: 32, n_head: 0, n_positions: 32}"], "transformers cannot build it"),
+        (["--train.batch_size", "100000"], "fewer than one global batch of train.batch_size=100000"),
+        (["--seed", "18446744073709551616"], "seed=18446744073709551616 is not allowed; choose 0..4294967295"),
+        (["--train.lr", "inf"], "train.lr=inf must be a finite number > 0"),
+        (["--train.max_grad_norm", "0"], "train.max_grad_norm=0.0 must be a finite number > 0, or null"),
+        (["--config", "bomb.yaml"], "config file 'bomb.yaml' uses the YAML alias *a; run configs do not allow"),
+        (["--config", "truncated.yaml"], "config file 'truncated.yaml' is not valid YAML"),
+        (["--output_dir", "a_file"], "output_dir 'a_file' is a file; choose a directory"),
     ],
 )
 def test_cli_bad_input_one_line_exit_2_nothing_written(micro, tmp_path, args, message):
+    (tmp_path / "bomb.yaml").write_text("a: &a [1, 1, 1]\nb: &b [*a, *a, *a]\nc: [*b, *b, *b]\n")
+    (tmp_path / "truncated.yaml").write_text("prune:\n  rounds: [1,\n")
+    (tmp_path / "a_file").write_text("not a directory")
     result = run_cli("find", *micro, *args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr

@@ -101,14 +101,24 @@ def test_kill_9_mid_round_then_rerun_ends_identical(tmp_path, reference):
     assert_same(run, reference)
 
 
-def test_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_a_bit(path: Path) -> None:  # a file that still loads, with one weight changed
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_a_bit], ids=["truncated", "one-bit"])
+def test_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, reference, damage):
     run = tmp_path / "run"
     start_and_kill_mid_round(run, wanted_checkpoints=2)
-    newest = checkpoints(run)[-1] / "model.safetensors"
-    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated on disk
+    damage(checkpoints(run)[-1] / "model.safetensors")
     resumed = find(run)
     assert resumed.returncode == 0, resumed.stderr
-    assert "is unreadable" in resumed.stdout and "trying the previous one" in resumed.stdout
+    assert "is damaged" in resumed.stdout and "trying the previous one" in resumed.stdout
     assert "resuming round" in resumed.stdout
     assert_same(run, reference)
 

@@ -93,7 +93,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             check(i + 1 < len(overrides), f"override --{key} has no value")
             raw = overrides[i + 1]
             i += 2
-        _set_dotted(data, key, yaml.safe_load(raw))
+        _set_dotted(data, key, load_yaml(raw, f"override --{key}"))
     return data
 
 
@@ -103,13 +103,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     Without a path the dataclass defaults are used: they *are* the embedded tiny default (configs/tiny.yaml
     spells them out, and a test keeps the two equal), so an installed wheel needs no data files.
     """
-    text = "{}"
+    data: Any = {}
     if path is not None:
         path = Path(path)
         check(path.is_file(), f"config file {str(path)!r} does not exist")
-        text = path.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first_line(err)}") from None
+        data = load_yaml(path.read_text(), f"config file {str(path)!r}") or {}
     return config_from_dict(apply_overrides(data, overrides or []))
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a run config never needs them, and nested aliases (a "billion laughs")
+    expand exponentially once the data is copied."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"uses the YAML alias *{event.anchor}; run configs do not allow anchors and aliases")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """Parse YAML as plain data; anything else (invalid YAML, aliases) is one line naming ``what``."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506  (a SafeLoader subclass)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} is not valid YAML: {first_line(err)}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{what} {err}") from None

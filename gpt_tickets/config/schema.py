@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ SCOPES = ("global", "layer")
 INITS = ("scratch", "pretrained")
 DATA_SOURCES = ("embedded", "hub", "files")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+MAX_SEED = 2**32 - 1  # the data order seeds torch with seed x 1,000,003 + epoch, which must fit in 64 bits
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio")
 
 # The embedded default: small enough that the whole ticket loop runs in minutes on 2 CPU cores.
@@ -138,7 +140,12 @@ class TrainConfig:
         if self.micro_batch_size is not None:
             check(self.micro_batch_size >= 1, f"train.micro_batch_size={self.micro_batch_size} must be >= 1")
         check(self.checkpoint_every >= 0, f"train.checkpoint_every={self.checkpoint_every} must be >= 0")
-        check(self.lr > 0, f"train.lr={self.lr} must be > 0")
+        check(math.isfinite(self.lr) and self.lr > 0, f"train.lr={self.lr} must be a finite number > 0")
+        if self.max_grad_norm is not None:
+            check(
+                math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0,
+                f"train.max_grad_norm={self.max_grad_norm} must be a finite number > 0, or null (no clipping)",
+            )
         check(0 <= self.warmup_steps < self.steps, f"train.warmup_steps={self.warmup_steps} must be in [0, steps)")
         check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
         if self.mixed_precision is not None:
@@ -228,6 +235,7 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
+        check(0 <= self.seed <= MAX_SEED, f"seed={self.seed} is not allowed; choose 0..{MAX_SEED}")
         check(
             self.prune.rewind_step <= self.train.steps,
             f"prune.rewind_step={self.prune.rewind_step} is beyond train.steps={self.train.steps}; "

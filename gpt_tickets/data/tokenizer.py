@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import filecmp
+import shutil
+from pathlib import Path
+
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..errors import DataError
+from ..io import replace_dir
 from .sources import data_error_line
 
 EOS_TOKEN = "<|endoftext|>"
@@ -57,3 +62,16 @@ def load_pretrained_tokenizer(name_or_path: str, revision: str | None = None) ->
         raise DataError(
             f"cannot load tokenizer {name_or_path!r}{at} offline or from the Hub: {data_error_line(err)}"
         ) from err
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """Save into ``folder`` atomically, and only when what is there differs (missing, damaged, another tokenizer)."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(tmp)
+    names = sorted(p.name for p in tmp.iterdir())
+    same = folder.is_dir() and sorted(p.name for p in folder.iterdir()) == names
+    if same and filecmp.cmpfiles(tmp, folder, names, shallow=False)[0] == names:
+        shutil.rmtree(tmp)
+    else:
+        replace_dir(tmp, folder)

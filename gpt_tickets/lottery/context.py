@@ -14,18 +14,21 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from ..config.schema import RunConfig
 from ..data import group_into_blocks, load_pretrained_tokenizer, load_text_splits, tokenize_stream, train_tokenizer
+from ..data.tokenizer import save_tokenizer
+from ..errors import ConfigError, RunError
 from ..eval.perplexity import PerplexityResult, perplexity
+from ..io import load_tensors
 from ..models.build import build_model, check_context, scratch_config
 from ..models.families import prunable_weights
 from ..models.params import save_parameters
 from ..sparsity.apply import MaskedParameters
 from ..sparsity.masks import Mask, mask_checksum
 from ..train.checkpoints import Checkpoints
-from ..train.trainer import Trainer, TrainOutcome
+from ..train.trainer import Trainer, TrainOutcome, diverged
 from .results import PhaseResult
 from .run_dir import RunDir
 
@@ -65,61 +68,84 @@ def accelerator_for(cfg: RunConfig) -> Accelerator:
 
 
 class RunContext:
-    """Builds data, model and trainer once for a run directory; ``claim`` is False for work on a finished run."""
+    """Builds data, tokenizer, model and trainer once for a run directory, and holds the directory's lock.
+
+    Everything that can be checked without training is checked before the first write: the data, the tokenizer,
+    the model built from its config, one global batch of data. ``claim`` is False for work on a finished run (a
+    branch), whose config is the directory's own. Use it as a context manager: leaving releases the lock.
+    """
 
     def __init__(self, cfg: RunConfig, acc: Accelerator, claim: bool = True) -> None:
         self.cfg, self.acc, self.run_dir = cfg, acc, RunDir(cfg.output_dir)
         run = self.run_dir
-        cfg.train.batch_layout(acc.num_processes)  # a world size that does not divide the batch fails before writes
+        micro, accumulation = cfg.train.batch_layout(acc.num_processes)  # before writes, like everything below
+        if claim:
+            run.check_writable()
         train_texts, val_texts = load_text_splits(cfg.data)
-        if cfg.model.init == "pretrained":  # fails fast, before anything is written
+        if cfg.model.init == "pretrained":
             model = build_model(cfg.model, None, cfg.seed)
             tokenizer = load_pretrained_tokenizer(cfg.model.name_or_path, cfg.model.revision)
             check_context(cfg.data.block_size, model.config)
         else:
             check_context(cfg.data.block_size, scratch_config(cfg.model))
-        if claim and acc.is_main_process:
-            run.claim(cfg)
-        acc.wait_for_everyone()
-        if cfg.model.init == "scratch":
-            tokenizer = self._trained_tokenizer(train_texts)
+            # Every process trains the same BPE (deterministic), so no process waits for another's files.
+            tokenizer = train_tokenizer(train_texts, cfg.data.vocab_size)
+            tokenizer.model_max_length = cfg.data.block_size
             model = build_model(cfg.model, tokenizer, cfg.seed)
-        if acc.is_main_process and not run.init.exists():
-            save_parameters(model, run.init)
+        train_blocks = group_into_blocks(train_texts, tokenizer, cfg.data.block_size)
+        if len(train_blocks) < cfg.train.batch_size:
+            raise ConfigError(
+                f"the training data gives {len(train_blocks)} blocks of data.block_size={cfg.data.block_size} tokens, "
+                f"fewer than one global batch of train.batch_size={cfg.train.batch_size}; use more data or a smaller "
+                "batch"
+            )
+        self.val_ids = tokenize_stream(val_texts, tokenizer)[: cfg.data.max_validation_tokens]
 
-        with acc.main_process_first():
-            train_blocks = group_into_blocks(train_texts, tokenizer, cfg.data.block_size)
-            self.val_ids = tokenize_stream(val_texts, tokenizer)[: cfg.data.max_validation_tokens]
-        self.tokenizer: PreTrainedTokenizerBase = tokenizer
-        self.model_type = model.config.model_type
-        self.full_mask = Mask.ones_like(model, prunable_weights(model, cfg.prune.groups))
-        self.trainer = Trainer(acc, model, train_blocks, cfg.train, cfg.seed)
-        self.model = acc.unwrap_model(self.trainer.model)  # the plain transformers model, for loads and saves
-        self.checkpoints = Checkpoints(acc, run.checkpoints)
+        if acc.is_main_process and claim:
+            run.claim(cfg)
+        elif acc.is_main_process:
+            run.lock()
+            run.sweep()
+        try:
+            if acc.is_main_process:
+                self._save_run_files(tokenizer, model)
+            acc.wait_for_everyone()
+            self.tokenizer: PreTrainedTokenizerBase = tokenizer
+            self.model_type = model.config.model_type
+            self.full_mask = Mask.ones_like(model, prunable_weights(model, cfg.prune.groups))
+            self.trainer = Trainer(acc, model, train_blocks, cfg.train, cfg.seed)
+            self.model = acc.unwrap_model(self.trainer.model)  # the plain transformers model, for loads and saves
+            self.checkpoints = Checkpoints(acc, run.checkpoints)
+        except BaseException:
+            run.unlock()
+            raise
         acc.print(
             f"gpt_tickets: {sum(p.numel() for p in self.model.parameters()):,} parameters, "
             f"{self.full_mask.numel():,} prunable; {len(train_blocks)} train blocks x {cfg.data.block_size} tokens; "
-            f"global batch {cfg.train.batch_size} = {self.trainer.micro_batch} per device x {acc.num_processes} "
-            f"processes x {self.trainer.accumulation} accumulation; run dir {run.root}"
+            f"global batch {cfg.train.batch_size} = {micro} per device x {acc.num_processes} "
+            f"processes x {accumulation} accumulation; run dir {run.root}"
         )
         if cfg.track.log_with:
             acc.init_trackers(cfg.track.project_name, config=_flat(cfg.to_dict()))
 
-    def _trained_tokenizer(self, train_texts: list[str]) -> PreTrainedTokenizerBase:
-        """A BPE trained on the train split for init=scratch, saved with the run so the ticket can use it."""
-        run, acc = self.run_dir, self.acc
-        with acc.main_process_first():  # rank 0 trains and saves it; the others read the same files
-            if run.tokenizer.exists():
-                return AutoTokenizer.from_pretrained(run.tokenizer)
-            tokenizer = train_tokenizer(train_texts, self.cfg.data.vocab_size)
-            tokenizer.model_max_length = self.cfg.data.block_size
-            if acc.is_main_process:
-                tokenizer.save_pretrained(run.tokenizer)
-            return tokenizer
+    def _save_run_files(self, tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> None:
+        """The tokenizer (init=scratch) and the initial weights: rewritten when missing or damaged, since the ones
+        in memory are what the config and seed determine."""
+        run = self.run_dir
+        if self.cfg.model.init == "scratch":
+            save_tokenizer(tokenizer, run.tokenizer)
+        try:
+            load_tensors(run.init)
+        except RunError:
+            save_parameters(model, run.init)
 
-    def end(self) -> None:
+    def __enter__(self) -> RunContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         if self.cfg.track.log_with:
             self.acc.end_training()
+        self.run_dir.unlock()
 
     # ------------------------------------------------------------------------------------------------ phases
 
@@ -131,13 +157,17 @@ class RunContext:
         cfg, acc = self.cfg, self.acc
         acc.wait_for_everyone()
         start = self.checkpoints.restore(phase.key)
+        if start > 0:
+            try:
+                mask = Mask.load(phase.folder / "mask.safetensors")
+            except RunError as err:  # the phase can start over from what it started from
+                acc.print(f"gpt_tickets: {err}; {phase.key} starts over")
+                start = 0
         if start == 0:
             mask = phase.start()
             if acc.is_main_process:
                 phase.folder.mkdir(parents=True, exist_ok=True)
                 mask.save(phase.folder / "mask.safetensors")
-        else:
-            mask = Mask.load(phase.folder / "mask.safetensors")
         check_ranks_agree(acc, phase.key, mask)
 
         def on_step(step: int, loss: torch.Tensor) -> None:
@@ -147,6 +177,8 @@ class RunContext:
                 lr = self.trainer.scheduler.get_last_lr()[0]
                 acc.log({"train/loss": loss.item(), "train/lr": lr}, step=phase.log_offset + step)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
+                if not torch.isfinite(loss):  # a diverged state is never checkpointed
+                    raise diverged(phase.key, loss)
                 self.checkpoints.save(phase.key, step)
 
         outcome = self.trainer.train(MaskedParameters(self.model, mask), on_step, desc=phase.key, start_step=start)

@@ -16,6 +16,7 @@ from ..reporting.tables import results_table
 from ..sparsity.masks import Mask
 from ..sparsity.select import magnitude_prune
 from ..tickets.export import export_ticket
+from .branches.base import Branch
 from .branches.registry import get_branch
 from .branches.runner import default_params, train_branch
 from .context import Phase, RunContext, accelerator_for
@@ -30,8 +31,12 @@ def find_ticket(cfg: RunConfig, accelerator: Accelerator | None = None) -> RunRe
     (``gpt-tickets find`` does it; from Python call ``gpt_tickets.push_ticket``).
     """
     branches = [get_branch(name) for name in cfg.controls]  # an unknown name fails before anything is written
-    ctx = RunContext(cfg, accelerator or accelerator_for(cfg))
-    acc, run = ctx.acc, ctx.run_dir
+    with RunContext(cfg, accelerator or accelerator_for(cfg)) as ctx:
+        return _run(ctx, branches)
+
+
+def _run(ctx: RunContext, branches: list[Branch]) -> RunResults:
+    cfg, acc, run = ctx.cfg, ctx.acc, ctx.run_dir
     results = RunResults(cfg.fingerprint(), acc.num_processes, rounds=[])
     for r in range(cfg.prune.rounds + 1):
         results.rounds.append(_round(ctx, r))
@@ -39,16 +44,15 @@ def find_ticket(cfg: RunConfig, accelerator: Accelerator | None = None) -> RunRe
             results.save(run.results)
     for i, branch in enumerate(branches):
         params = default_params(branch, cfg)
-        results.branches.append(
-            train_branch(ctx, branch, params, log_offset=(cfg.prune.rounds + 1 + i) * cfg.train.steps)
-        )
+        offset = (cfg.prune.rounds + 1 + i) * cfg.train.steps
+        results.branches.append(train_branch(ctx, branch, params, log_offset=offset))
     final = run.round(cfg.prune.rounds)
     if acc.is_main_process:
         load_parameters(ctx.model, final / "trained.safetensors")
         export_ticket(
             ctx.model,
             ctx.tokenizer,
-            Mask.load(final / "mask.safetensors"),
+            run.round_mask(cfg.prune.rounds),
             cfg,
             run.ticket,
             history=results_table(results.phases),
@@ -58,7 +62,6 @@ def find_ticket(cfg: RunConfig, accelerator: Accelerator | None = None) -> RunRe
         results.complete = True
         results.save(run.results)
     acc.wait_for_everyone()
-    ctx.end()
     results.complete = True
     return results
 
@@ -95,7 +98,7 @@ def _start_round(ctx: RunContext, r: int) -> Mask:
             save_parameters(ctx.model, run.rewind)
         return ctx.full_mask
     load_parameters(ctx.model, run.round(r - 1) / "trained.safetensors")
-    previous = Mask.load(run.round(r - 1) / "mask.safetensors")
+    previous = run.round_mask(r - 1)
     trained = {n: ctx.model.get_parameter(n) for n in previous}  # pruned where they live, no copy
     mask = magnitude_prune(trained, previous, cfg.prune.fraction, cfg.prune.scope)
     load_parameters(ctx.model, run.rewind)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import ConfigError
-from ..io import atomic_write_json
+from ..errors import RunError
+from ..io import atomic_write_json, read_checked_json, write_checked_json
 from ..sparsity.masks import Mask, mask_checksum
 from ..sparsity.report import sparsity_report
 
@@ -63,15 +63,20 @@ class PhaseResult:
         required = [f.name for f in fields if f.default is f.default_factory is dataclasses.MISSING]
         missing = [name for name in required if name not in data]
         if missing:
-            raise ConfigError(f"a {cls.__name__} lacks {missing[0]!r}: written by another version, or damaged?")
+            raise RunError(f"a {cls.__name__} lacks {missing[0]!r}: written by another version, or damaged?")
         return cls(**{f.name: data[f.name] for f in fields if f.name in data})
 
     def save(self, path: Path) -> None:
-        atomic_write_json(self.to_dict(), path)
+        write_checked_json(self.to_dict(), path)
 
     @classmethod
     def load(cls: type[P], path: Path) -> P:
-        return cls.from_dict(_read_json(path))
+        """A phase's result, checked against the digest it was written with."""
+        data = read_checked_json(path)
+        try:
+            return cls.from_dict(data)
+        except RunError as err:
+            raise RunError(f"{path}: {err}") from None
 
     def label(self) -> str:
         raise NotImplementedError
@@ -142,14 +147,5 @@ class RunResults:
 
     @classmethod
     def load(cls, path: Path) -> RunResults:
-        return cls.from_dict(_read_json(path))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path} cannot be read as a result: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} does not hold a result (a JSON object)")
-    return data
+        """The summary a run writes for people and reports; a run itself never reads it back."""
+        return cls.from_dict(json.loads(path.read_text()))

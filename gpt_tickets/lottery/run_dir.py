@@ -1,19 +1,28 @@
-"""The run directory: where every phase's outputs live, and the one config a directory belongs to.
+"""The run directory: where every phase's outputs live, the one config it belongs to, and the process using it.
 
 Everything that crosses a phase is on disk here (masks, rewind weights, results), which is what makes resume,
-branches and reports cheap.
+branches and reports cheap. A directory belongs to one config from its first write (``config.yaml``, which checks
+itself against its fingerprint), and to one process at a time (an ``flock`` the kernel releases when the process
+dies, even by ``kill -9``).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 from pathlib import Path
 
 import yaml
 
-from ..config.loading import config_from_dict
+from ..config.loading import config_from_dict, load_yaml
 from ..config.schema import RunConfig
-from ..errors import ConfigError, first_line
+from ..errors import ConfigError, RunError, first_line
 from ..io import atomic_write_text
+from ..sparsity.masks import Mask, mask_checksum
+from .results import RoundResult
+
+LOCK_FILE = ".lock"
 
 
 class RunDir:
@@ -21,6 +30,7 @@ class RunDir:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._lock_fd: int | None = None
 
     config = property(lambda self: self.root / "config.yaml")
     results = property(lambda self: self.root / "results.json")
@@ -44,36 +54,113 @@ class RunDir:
     def finished_rounds(self, rounds: int) -> list[int]:
         return [r for r in range(rounds + 1) if self.done(self.round(r)).is_file()]
 
-    def claim(self, cfg: RunConfig) -> None:
-        """Create the directory for ``cfg``, or accept it if it holds a run of the same config.
+    def round_mask(self, r: int) -> Mask:
+        """A finished round's mask, checked against its digest and against the checksum its result recorded."""
+        mask = Mask.load(self.round(r) / "mask.safetensors")
+        recorded = RoundResult.load(self.done(self.round(r))).mask_checksum
+        if mask_checksum(mask) != recorded:
+            raise RunError(f"{self.round(r) / 'mask.safetensors'} is not the mask round {r} finished with")
+        return mask
 
-        A directory where no round has finished yet holds nothing worth protecting and is taken over.
+    # ------------------------------------------------------------------------------------------- ownership
+
+    def check_writable(self) -> None:
+        """Refuse an output_dir that cannot hold a run, before anything is written."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"output_dir {str(self.root)!r} is a file; choose a directory")
+        existing = self.root
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"output_dir {str(self.root)!r} cannot be written: {existing} is not writable")
+
+    def claim(self, cfg: RunConfig) -> None:
+        """Take this directory for ``cfg``: lock it, then accept it if it is new or holds a run of the same config.
+
+        Anything else (another config's run, however little of it was written; files that are not a run) is
+        refused, so a run never resumes someone else's checkpoints or initial weights.
         """
-        if self.config.exists() and self.done(self.round(0)).exists():
-            theirs = yaml.safe_load(self.config.read_text()).get("fingerprint")
+        self.check_writable()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"output_dir {str(self.root)!r} cannot be created: {first_line(err)}") from None
+        self.lock()
+        self.sweep()
+        if self.config.exists():
+            theirs = self.stored_config().fingerprint()
             if theirs != cfg.fingerprint():
+                self.unlock()
                 raise ConfigError(
                     f"output_dir {str(self.root)!r} holds a run of a different config (fingerprint {theirs}, this "
                     f"one {cfg.fingerprint()}); choose another output_dir or delete that directory"
                 )
             return
-        self.root.mkdir(parents=True, exist_ok=True)
+        strays = sorted(p.name for p in self.root.iterdir() if p.name != LOCK_FILE)
+        if strays:
+            self.unlock()
+            raise ConfigError(
+                f"output_dir {str(self.root)!r} holds files but no gpt_tickets run (e.g. {strays[0]}); choose an "
+                "empty or new directory"
+            )
         atomic_write_text(
             yaml.safe_dump({"fingerprint": cfg.fingerprint(), **cfg.to_dict()}, sort_keys=False), self.config
         )
 
-    def load_config(self) -> RunConfig:
-        """The config of the run in this directory (its ``output_dir`` is this directory, wherever it was moved)."""
+    def stored_config(self) -> RunConfig:
+        """The config of the run in this directory, checked against the fingerprint it was saved with.
+
+        Its ``output_dir`` is this directory, wherever the run was moved to.
+        """
         if not self.config.is_file():
             raise ConfigError(
                 f"{str(self.root)!r} holds no run (no config.yaml); give the output_dir of a `gpt-tickets find` run"
             )
         try:
-            data = yaml.safe_load(self.config.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{self.config} is not valid YAML: {first_line(err)}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{self.config} does not hold a run config")
-        data.pop("fingerprint", None)
-        data["output_dir"] = str(self.root)
-        return config_from_dict(data)
+            data = load_yaml(self.config.read_text(), "the file")
+            if not isinstance(data, dict) or not isinstance(data.get("fingerprint"), str):
+                raise ConfigError("not a run config with its fingerprint")
+            fingerprint = data.pop("fingerprint")
+            data["output_dir"] = str(self.root)
+            cfg = config_from_dict(data)
+        except (ConfigError, UnicodeDecodeError) as err:
+            raise RunError(f"{self.config} is damaged: {first_line(err)}") from None
+        if cfg.fingerprint() != fingerprint:
+            raise RunError(f"{self.config} is damaged: its content does not match its fingerprint {fingerprint}")
+        return cfg
+
+    def sweep(self) -> None:
+        """Remove what a killed process left half-written: temporaries are only ever renamed into place, never read.
+
+        Called with the lock held, so no other process is writing them.
+        """
+        leftovers = [p for p in self.root.rglob(".*") if ".tmp" in p.name or ".old-" in p.name]
+        for path in sorted(leftovers, key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+    def lock(self) -> None:
+        """One process per run directory; a second is refused at once, naming the first."""
+        if self._lock_fd is not None:
+            return
+        path = self.root / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"output_dir {str(self.root)!r} is in use by another gpt_tickets process (pid {holder}); wait for it "
+                "to end or choose another output_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None

@@ -36,12 +36,20 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None, see
     config = scratch_config(
         cfg, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
     )
-    return random_init(config, seed)
+    try:
+        return random_init(config, seed)
+    except ConfigError as err:
+        raise ConfigError(f"model.config={cfg.config} is not valid for {cfg.model_type}: {err}") from None
 
 
-def random_init(config, seed: int) -> PreTrainedModel:
+def random_init(config: PretrainedConfig, seed: int) -> PreTrainedModel:
+    """A seeded random initialisation; a config transformers cannot build (n_embd not divisible by n_head, ...) is a
+    one-line ``ConfigError``."""
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config)
+    try:
+        return AutoModelForCausalLM.from_config(config)
+    except Exception as err:  # transformers raises ValueError, ZeroDivisionError, AttributeError ... here
+        raise ConfigError(f"transformers cannot build it: {first_line(err)}") from None
 
 
 def scratch_config(cfg: ModelConfig, **overrides) -> PretrainedConfig:

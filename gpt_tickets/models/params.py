@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from ..io import atomic_save_tensors
+from ..errors import RunError
+from ..io import atomic_save_tensors, load_tensors
 
 
 def parameters_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -21,9 +21,12 @@ def save_parameters(model: torch.nn.Module, path: str | Path) -> None:
 
 @torch.no_grad()
 def load_parameters(model: torch.nn.Module, source: str | Path | dict[str, torch.Tensor]) -> None:
-    tensors = load_file(str(source)) if isinstance(source, (str, Path)) else source
-    names = {name for name, _ in model.named_parameters()}
-    if set(tensors) != names:
-        raise ValueError(f"parameter file does not match the model: differs in {sorted(set(tensors) ^ names)[:3]}")
+    """Copy saved parameters into ``model``; a file of another model (names or shapes) is refused in one line."""
+    tensors = load_tensors(source) if isinstance(source, (str, Path)) else source
+    params = dict(model.named_parameters())
+    odd = sorted(set(tensors) ^ set(params)) or [n for n in params if tensors[n].shape != params[n].shape]
+    if odd:
+        what = source if isinstance(source, (str, Path)) else "the parameters"
+        raise RunError(f"{what} do not fit the model: parameter {odd[0]!r} is missing, extra or of another shape")
     for name, value in tensors.items():
-        model.get_parameter(name).copy_(value)
+        params[name].copy_(value)

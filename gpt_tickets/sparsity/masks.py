@@ -10,9 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from ..io import atomic_save_tensors
+from ..io import atomic_save_tensors, load_tensors
 from ..models.families import PrunableWeight
 
 
@@ -48,10 +47,8 @@ class Mask(dict):
 
     @classmethod
     def load(cls, path: str | Path) -> Mask:
-        mask = cls()
-        for name, value in load_file(str(path)).items():
-            mask[name] = value
-        return mask
+        """A saved mask, checked against its digest when it carries one (every mask a run saves does)."""
+        return cls(load_tensors(path, required=False))
 
     def save(self, path: str | Path) -> None:
         atomic_save_tensors({n: m.contiguous() for n, m in self.items()}, path)

@@ -2,25 +2,43 @@
 
 Where a round stands (its phase and step) is an object registered for checkpointing, so it is saved and restored
 with the weights it describes, never parsed from a folder name. Each checkpoint is written into a temporary folder
-and renamed into place, so a crash leaves either the old checkpoint or the new one; the two newest are kept so a
-checkpoint damaged on disk falls back to the one before it.
+and renamed into place, so a crash leaves either the old checkpoint or the new one. A manifest of the SHA-256 of
+every file (and the phase and step) is written last into it and checked before anything is loaded, so a checkpoint
+damaged on disk is never used: it falls back to the one before it (the two newest are kept).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
 
-from ..errors import first_line
+from ..errors import RunError, first_line
+from ..io import read_checked_json, write_checked_json
 
 KEEP = 2
+MANIFEST = "gpt_tickets_manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
 
 
 class Progress:
-    """Which phase (``round 3``, ``control random_reinit``) is being trained, and how many steps it has done."""
+    """Which phase (``round 3``, ``branch random_prune round_5-seed_1``) is being trained, and its steps done."""
 
     def __init__(self) -> None:
         self.phase, self.step = "", 0
@@ -55,8 +73,17 @@ class Checkpoints:
             shutil.rmtree(tmp, ignore_errors=True)
             self.folder.mkdir(parents=True, exist_ok=True)
         self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp), safe_serialization=True)
-        self.acc.wait_for_everyone()
+        try:
+            self.acc.save_state(str(tmp), safe_serialization=True)
+            self.acc.wait_for_everyone()
+            if self.acc.is_main_process:
+                write_checked_json({"phase": phase, "step": step, "files": _files(tmp)}, tmp / MANIFEST)
+        except (OSError, RuntimeError) as err:  # torch reports a full disk as "PytorchStreamWriter failed writing"
+            shutil.rmtree(tmp, ignore_errors=True)
+            free = shutil.disk_usage(self.folder).free
+            raise RunError(
+                f"cannot write checkpoint {tmp} ({free / 2**20:.0f} MiB free on its device): {first_line(err)}"
+            ) from None
         if self.acc.is_main_process:
             os.replace(tmp, self.folder / str(number))
             for old in saved[KEEP - 1 :]:
@@ -70,16 +97,18 @@ class Checkpoints:
         """
         for path in self._saved():
             try:
+                manifest = read_checked_json(path / MANIFEST)
+                if manifest["phase"] != phase:
+                    return 0  # the newest checkpoint is another phase's: this one starts afresh, nothing loaded
+                if _files(path) != manifest["files"]:
+                    raise RunError("its files do not match its manifest")
                 self.acc.load_state(str(path))
-            except Exception as err:  # a truncated or corrupted file: say so and try the one before
-                self.acc.print(
-                    f"gpt_tickets: checkpoint {path} is unreadable ({first_line(err)}); trying the previous one"
-                )
+            except Exception as err:  # a truncated, damaged or foreign checkpoint: say so and try the one before
+                reason = first_line(err)
+                self.acc.print(f"gpt_tickets: checkpoint {path} is damaged ({reason}); trying the previous one")
                 continue
-            if self.progress.phase == phase:
-                self.acc.print(f"gpt_tickets: resuming {phase} at step {self.progress.step} from {path}")
-                return self.progress.step
-            return 0
+            self.acc.print(f"gpt_tickets: resuming {phase} at step {self.progress.step} from {path}")
+            return self.progress.step
         return 0
 
     def clear(self) -> None:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from ..config.schema import TrainConfig
+from ..errors import RunError
 from ..sparsity.apply import MaskedParameters
 
 
@@ -106,6 +107,7 @@ class Trainer:
         masked.zero_weights()
         model.train()
         start, step, loss_sum = time.perf_counter(), start_step, torch.tensor(float("nan"))
+        finite = torch.ones((), dtype=torch.bool, device=acc.device)  # read once at the end: no sync per step
         bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not acc.is_local_main_process, leave=False)
         batches = self._batches(start_step)
         while step < cfg.steps:
@@ -117,6 +119,7 @@ class Trainer:
                     loss = model(input_ids=batch, labels=batch).loss / self.accumulation
                     acc.backward(loss)
                 loss_sum += loss.detach().float()
+            finite &= torch.isfinite(loss_sum)
             masked.zero_grads()  # no update and no Adam moments for pruned weights
             if cfg.max_grad_norm is not None:
                 acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -129,4 +132,13 @@ class Trainer:
             if on_step is not None:
                 on_step(step, loss_sum)
         bar.close()
+        if not bool(finite):
+            raise diverged(desc, loss_sum)
         return TrainOutcome(steps=step, seconds=time.perf_counter() - start, final_loss=float(loss_sum))
+
+
+def diverged(desc: str, loss: torch.Tensor) -> RunError:
+    return RunError(
+        f"{desc}: the training loss became non-finite (last {float(loss)}); nothing of this phase is saved. Lower "
+        "train.lr or clip gradients with train.max_grad_norm"
+    )

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 from ...errors import ConfigError
+from ...io import load_tensors
 from ...sparsity.masks import Mask
 from ..run_dir import RunDir
 
@@ -60,11 +60,11 @@ class FinishedRound:
     model: PreTrainedModel
 
     def mask(self) -> Mask:
-        return Mask.load(self.run_dir.round(self.round) / "mask.safetensors")
+        return self.run_dir.round_mask(self.round)
 
     def rewind_weights(self) -> dict[str, torch.Tensor]:
         """The weights every round restarts from (step k of dense training)."""
-        return load_file(str(self.run_dir.rewind))
+        return load_tensors(self.run_dir.rewind)
 
 
 class Branch(ABC):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from accelerate import Accelerator
 
 from ...config.schema import RunConfig
-from ...errors import ConfigError
+from ...errors import ConfigError, RunError
 from ...models.params import load_parameters
 from ..context import Phase, RunContext, accelerator_for
 from ..results import BranchResult
@@ -24,8 +25,9 @@ def default_params(branch: Branch, cfg: RunConfig) -> BranchParams:
 def train_branch(ctx: RunContext, branch: Branch, params: BranchParams, log_offset: int = 0) -> BranchResult:
     """Train ``branch`` in ``ctx``'s run unless its result exists; returns its result."""
     folder = ctx.run_dir.branch(branch.name, params.key())
-    if RunDir.done(folder).exists():
-        return BranchResult.load(RunDir.done(folder))
+    finished = _finished(RunDir.done(folder), ctx.acc.print)
+    if finished is not None:
+        return finished
 
     def start():
         weights, mask = branch.start(FinishedRound(ctx.run_dir, params.round, ctx.model), params)
@@ -47,6 +49,17 @@ def train_branch(ctx: RunContext, branch: Branch, params: BranchParams, log_offs
     return result
 
 
+def _finished(done: Path, say: Callable[[str], None]) -> BranchResult | None:
+    """A finished branch's result; a damaged one is trained again (a branch can always be recomputed)."""
+    if not done.exists():
+        return None
+    try:
+        return BranchResult.load(done)
+    except RunError as err:
+        say(f"gpt_tickets: {err}; the branch is trained again")
+        return None
+
+
 def run_branch(
     run_dir: str | Path,
     name: str,
@@ -61,7 +74,7 @@ def run_branch(
     before anything is written.
     """
     run = RunDir(run_dir)
-    cfg = run.load_config()
+    cfg = run.stored_config()
     branch = get_branch(name)
     params = branch.Params(
         round=cfg.prune.rounds if round is None else round, seed=cfg.seed + 1 if seed is None else seed
@@ -73,10 +86,8 @@ def run_branch(
             f"round {params.round} of the run in {str(run.root)!r} is not finished (the run has rounds "
             f"0..{cfg.prune.rounds}; {have})"
         )
-    done = RunDir.done(run.branch(branch.name, params.key()))
-    if done.exists():  # read back without building data, model and trainer
-        return BranchResult.load(done)
-    ctx = RunContext(cfg, accelerator or accelerator_for(cfg), claim=False)
-    result = train_branch(ctx, branch, params, log_offset=(cfg.prune.rounds + 1) * cfg.train.steps)
-    ctx.end()
-    return result
+    finished = _finished(RunDir.done(run.branch(branch.name, params.key())), print)
+    if finished is not None:  # read back without building data, model and trainer
+        return finished
+    with RunContext(cfg, accelerator or accelerator_for(cfg), claim=False) as ctx:
+        return train_branch(ctx, branch, params, log_offset=(cfg.prune.rounds + 1) * cfg.train.steps)
