@@ -253,3 +253,40 @@ def test_a_non_finite_loss_stops_the_round_in_one_line(tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gpt-tickets: error")]
     assert len(errors) == 1 and "round 0: the training loss became non-finite" in errors[0]
     assert not (run / "round_0" / "result.json").exists() and not (run / "round_0" / "trained.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------------------------- full disk
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from gpt_tickets import io as run_io
+    from gpt_tickets.cli import main
+
+    def no_space(tensors, filename, metadata=None):
+        pathlib.Path(filename).write_bytes(b"\x00" * 10)  # part of it was written
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_io, "save_file", no_space)
+    run = tmp_path / "run"
+    assert main(["find", *MICRO, "--output_dir", str(run)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gpt-tickets: error")]
+    assert len(errors) == 1 and "init.safetensors: no space left on the device" in errors[0], errors
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]  # the partial file is not left behind
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+    from accelerate import Accelerator
+
+    from gpt_tickets.cli import main
+
+    def failing_save_state(self, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(Accelerator, "save_state", failing_save_state)
+    run = tmp_path / "run"
+    assert main(["find", *MICRO, "--output_dir", str(run), "--train.checkpoint_every", "4"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gpt-tickets: error")]
+    assert len(errors) == 1 and "cannot write checkpoint" in errors[0] and "MiB free on its device" in errors[0]
+    assert not (run / "checkpoints" / ".0.tmp").exists()

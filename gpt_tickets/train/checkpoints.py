@@ -82,7 +82,8 @@ class Checkpoints:
             shutil.rmtree(tmp, ignore_errors=True)
             free = shutil.disk_usage(self.folder).free
             raise RunError(
-                f"cannot write checkpoint {tmp} ({free / 2**20:.0f} MiB free on its device): {first_line(err)}"
+                f"cannot write checkpoint {self.folder / str(number)} ({free / 2**20:.0f} MiB free on its device): "
+                f"{first_line(err)}"
             ) from None
         if self.acc.is_main_process:
             os.replace(tmp, self.folder / str(number))

@@ -108,30 +108,30 @@ class Trainer:
         model.train()
         start, step, loss_sum = time.perf_counter(), start_step, torch.tensor(float("nan"))
         finite = torch.ones((), dtype=torch.bool, device=acc.device)  # read once at the end: no sync per step
-        bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not acc.is_local_main_process, leave=False)
-        batches = self._batches(start_step)
-        while step < cfg.steps:
-            loss_sum = torch.zeros((), device=acc.device)
-            for i in range(self.accumulation):  # gradient accumulation by hand: explicit and resumable
-                batch = next(batches)
-                sync = i == self.accumulation - 1
-                with contextlib.nullcontext() if sync else acc.no_sync(model):
-                    loss = model(input_ids=batch, labels=batch).loss / self.accumulation
-                    acc.backward(loss)
-                loss_sum += loss.detach().float()
-            finite &= torch.isfinite(loss_sum)
-            masked.zero_grads()  # no update and no Adam moments for pruned weights
-            if cfg.max_grad_norm is not None:
-                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            masked.zero_weights()  # weight decay and numerics can't revive a pruned weight
-            step += 1
-            bar.update(1)
-            if on_step is not None:
-                on_step(step, loss_sum)
-        bar.close()
+        # A context manager: a phase stopped by an error clears its bar, so the error's line stands alone.
+        with tqdm(total=cfg.steps, initial=step, desc=desc, disable=not acc.is_local_main_process, leave=False) as bar:
+            batches = self._batches(start_step)
+            while step < cfg.steps:
+                loss_sum = torch.zeros((), device=acc.device)
+                for i in range(self.accumulation):  # gradient accumulation by hand: explicit and resumable
+                    batch = next(batches)
+                    sync = i == self.accumulation - 1
+                    with contextlib.nullcontext() if sync else acc.no_sync(model):
+                        loss = model(input_ids=batch, labels=batch).loss / self.accumulation
+                        acc.backward(loss)
+                    loss_sum += loss.detach().float()
+                finite &= torch.isfinite(loss_sum)
+                masked.zero_grads()  # no update and no Adam moments for pruned weights
+                if cfg.max_grad_norm is not None:
+                    acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                masked.zero_weights()  # weight decay and numerics can't revive a pruned weight
+                step += 1
+                bar.update(1)
+                if on_step is not None:
+                    on_step(step, loss_sum)
         if not bool(finite):
             raise diverged(desc, loss_sum)
         return TrainOutcome(steps=step, seconds=time.perf_counter() - start, final_loss=float(loss_sum))
