@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ from gpt_tickets.sparsity.masks import Mask
 from gpt_tickets.sparsity.select import magnitude_prune
 from gpt_tickets.tickets.export import ticket_config, write_weights
 from gpt_tickets.tickets.format import TICKET_CONFIG_FILE
+from tests.test_load_ticket import BAD_TICKETS, ENORMOUS_CONFIGS, NEEDS_THE_WEIGHTS
 
 CONTEXT = 64
 
@@ -62,6 +65,9 @@ def paths(tmp: Path) -> dict[str, str]:
     (tmp / "ticket" / TICKET_CONFIG_FILE).write_text(
         json.dumps(ticket_config(RunConfig(), mask, "gpt2", "dense").to_dict())
     )
+    shutil.copytree(tmp / "ticket", tmp / "bad_ticket")
+    config = json.loads((tmp / "bad_ticket" / "config.json").read_text())
+    (tmp / "bad_ticket" / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
     ViTConfig().save_pretrained(tmp / "vit")
 
     text = "\n\n".join(validation)[:4000]
@@ -72,7 +78,10 @@ def paths(tmp: Path) -> dict[str, str]:
     (tmp / "empty.txt").write_text("")
     (tmp / "short.txt").write_text("a")
     names = {"text": "eval.txt", "jsonl": "eval.jsonl", "empty": "empty.txt", "short": "short.txt"}
-    names |= {"missing": "no-such-model", **{name: name for name in ("dense", "ticket", "vit", "dataset")}}
+    names |= {
+        "missing": "no-such-model",
+        **{name: name for name in ("dense", "ticket", "bad_ticket", "vit", "dataset")},
+    }
     return {key: str(tmp / name) for key, name in names.items()}
 
 
@@ -80,6 +89,11 @@ def paths(tmp: Path) -> dict[str, str]:
 BAD_INPUTS = {
     "missing_model": (["--model", "{missing}", "--files", "{text}"], "model '{missing}' cannot be loaded"),
     "not_causal_lm": (["--model", "{vit}", "--files", "{text}"], "is a 'vit' model, not a causal LM"),
+    "damaged_ticket": (
+        ["--model", "{dense}", "{bad_ticket}", "--files", "{text}"],
+        "model '{bad_ticket}' is refused: config.json declares num_hidden_layers=3, model.safetensors holds the "
+        "weights of 2 layers",
+    ),
     "missing_dataset": (
         ["--model", "{dense}", "--dataset", "no-such-org/no-such-dataset", "--dataset-config", "raw"],
         "cannot load dataset 'no-such-org/no-such-dataset' (config 'raw', split 'test')",
@@ -254,3 +268,65 @@ def test_bad_input_exits_2_with_one_line(
     errors = [line for line in run.stderr.splitlines() if line.startswith("gpt-tickets: error: ")]
     assert len(errors) == 1 and run.stderr.rstrip().endswith(errors[0])  # the message is the last line, whole
     assert expected in errors[0]
+
+
+# ----------------------------------------------------------------------------------------------------- tickets
+
+
+def _eval_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """(the error line, all of stderr) of a refused eval: exit code 2, nothing on stdout, the error line last."""
+    assert main(["eval", *argv]) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("gpt-tickets: error: ")]
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert len(errors) == 1 and captured.err.rstrip().endswith(errors[0])
+    return errors[0], captured.err
+
+
+@pytest.fixture
+def micro_ticket(micro_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the micro run's ticket (dense and compact weights, its tokenizer), free to damage."""
+    return Path(shutil.copytree(micro_run / "ticket", tmp_path / "ticket"))
+
+
+@pytest.mark.parametrize("case, damage, message", BAD_TICKETS, ids=[b[0] for b in BAD_TICKETS])
+def test_eval_refuses_every_ticket_load_ticket_refuses(
+    micro_ticket: Path, paths: dict[str, str], capsys: pytest.CaptureFixture, case: str, damage, message: str
+) -> None:
+    damage(micro_ticket)
+    error, stderr = _eval_error(["--model", str(micro_ticket), "--files", paths["text"]], capsys)
+    assert error.startswith(f"gpt-tickets: error: model {str(micro_ticket)!r} is refused: ") and message in error
+    if case not in NEEDS_THE_WEIGHTS:
+        assert stderr == error + "\n"  # refused from the headers: no weights were loaded (no progress bar)
+
+
+def test_eval_scores_the_intact_micro_ticket(
+    micro_ticket: Path, paths: dict[str, str], capsys: pytest.CaptureFixture
+) -> None:
+    (result,) = json.loads(_run(["--model", str(micro_ticket), "--files", paths["text"], "--json"], capsys))["results"]
+    assert result["sparsity"] == json.loads((micro_ticket / TICKET_CONFIG_FILE).read_text())["sparsity"]
+
+
+@pytest.mark.parametrize("case", sorted(ENORMOUS_CONFIGS))
+def test_eval_refuses_an_enormous_config_in_well_under_a_second(
+    micro_ticket: Path, paths: dict[str, str], capsys: pytest.CaptureFixture, case: str
+) -> None:
+    changes, message = ENORMOUS_CONFIGS[case]
+    config = json.loads((micro_ticket / "config.json").read_text())
+    (micro_ticket / "config.json").write_text(json.dumps({**config, **changes}))
+    start = time.perf_counter()
+    error, _ = _eval_error(["--model", str(micro_ticket), "--files", paths["text"]], capsys)
+    assert time.perf_counter() - start < 1.0 and message in error
+
+
+@pytest.mark.parametrize("kind", ["dense", "ticket"])
+def test_eval_refuses_a_shard_index_that_points_outside_the_folder(
+    kind: str, paths: dict[str, str], micro_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = Path(paths["dense"]) if kind == "dense" else micro_run / "ticket"
+    folder = Path(shutil.copytree(source, tmp_path / "model"))
+    (folder / "model.safetensors").rename(tmp_path / "outside.safetensors")
+    index = {"metadata": {}, "weight_map": {"transformer.wte.weight": "../outside.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    error, _ = _eval_error(["--model", str(folder), "--files", paths["text"]], capsys)
+    assert "names the shard '../outside.safetensors', which is not a plain file name" in error

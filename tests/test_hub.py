@@ -3,6 +3,8 @@ offline from the cache; the push tested at the HfApi boundary and round-tripped 
 
 import shutil
 import socket
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +17,9 @@ from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gpt_tickets.cli import main
+from gpt_tickets.errors import TicketError
 from gpt_tickets.sparsity.apply import detach_masks
+from gpt_tickets.tickets import hub as hub_module
 from gpt_tickets.tickets import push as push_module
 from gpt_tickets.tickets.load import load_ticket, load_ticket_tokenizer
 from tests.conftest import MICRO
@@ -203,3 +207,56 @@ def test_push_in_offline_mode_says_so(micro_run, monkeypatch):
     monkeypatch.setattr(push_module, "HfApi", lambda *a, **k: pytest.fail("no Hub calls offline"))
     with pytest.raises(push_module.TicketError, match="HF_HUB_OFFLINE is set"):
         push_module.push_ticket(micro_run / "ticket", "org/name", token=SECRET)
+
+
+@pytest.fixture
+def silent_hub():
+    """The endpoint of a TCP server on 127.0.0.1 that accepts connections and never answers (nor closes them)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # the server socket was closed: the test is over
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.shutdown(socket.SHUT_RDWR)
+    server.close()
+    thread.join(timeout=5)
+    for connection in held:
+        connection.close()
+
+
+def test_push_to_a_silent_hub_ends_with_one_line_within_the_timeout(micro_run, silent_hub, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    use_hub(monkeypatch, silent_hub)
+    monkeypatch.setattr(hub_module, "HUB_TIMEOUT_S", 1.0)
+    loaded(micro_run / "ticket")  # warm: what is timed below is the push, not the first model load
+    capsys.readouterr()
+    start = time.perf_counter()
+    assert main(["push", str(micro_run / "ticket"), "--repo-id", "org/name"]) == 2
+    took = time.perf_counter() - start
+    out = capsys.readouterr()
+    err = out.err.strip()
+    assert err == f"gpt-tickets: error: the Hub at {silent_hub} did not answer within 1 s; no commit was confirmed"
+    assert 1.0 <= took < 5.0 and SECRET not in out.out + out.err
+
+
+def test_download_from_a_silent_hub_ends_with_one_line_within_the_timeout(silent_hub, tmp_path, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    start = time.perf_counter()
+    with pytest.raises(TicketError) as err:
+        load_ticket("org/ticket", cache_dir=tmp_path / "cache", endpoint=silent_hub, timeout=0.5)
+    took = time.perf_counter() - start
+    assert (
+        str(err.value)
+        == f"cannot download the ticket 'org/ticket': the Hub at {silent_hub} did not answer within 0.5 s"
+    )
+    assert 0.5 <= took < 3.0

@@ -2,10 +2,12 @@
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -13,6 +15,7 @@ from gpt_tickets.cli import main
 from gpt_tickets.errors import TicketError
 from gpt_tickets.sparsity.apply import detach_masks
 from gpt_tickets.sparsity.masks import Mask
+from gpt_tickets.tickets import load as load_module
 from gpt_tickets.tickets.encoding import load_packed_masks, save_packed_masks
 from gpt_tickets.tickets.load import load_ticket
 
@@ -90,14 +93,37 @@ def _rewrite_json(path: Path, **changes) -> None:
     path.write_text(json.dumps(data))
 
 
+def _drop_json_key(path: Path, key: str) -> None:
+    data = json.loads(path.read_text())
+    del data[key]
+    path.write_text(json.dumps(data))
+
+
+def _nested(depth: int, leaf=0.5):
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+def _rewrite_tensors(folder: Path, change, name: str = "model.safetensors") -> None:
+    """Rewrite one weight file with save_file after ``change(tensors)``, keeping its metadata."""
+    with safe_open(folder / name, "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(folder / name)
+    change(tensors)
+    save_file(tensors, folder / name, metadata=metadata)
+
+
 def _stray_weight(folder: Path) -> None:
     """Set one pruned weight non-zero in model.safetensors (the file load_ticket reads when there are both)."""
     masks = load_packed_masks(folder / "ticket_masks.safetensors")
     name = sorted(masks)[0]
-    tensors = load_file(folder / "model.safetensors")
-    flat = tensors[name].reshape(-1)
-    flat[(~masks[name]).reshape(-1).nonzero()[0]] = 0.5
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+    def change(tensors):
+        flat = tensors[name].reshape(-1)
+        flat[(~masks[name]).reshape(-1).nonzero()[0]] = 0.5
+
+    _rewrite_tensors(folder, change)
 
 
 def _masks_with(folder: Path, change) -> None:
@@ -129,6 +155,15 @@ def _truncate(name: str):
     return damage
 
 
+def _config(**changes):
+    return lambda folder: _rewrite_json(folder / "config.json", **changes)
+
+
+def _ticket_config(**changes):
+    return lambda folder: _rewrite_json(folder / "ticket_config.json", **changes)
+
+
+# The micro ticket: GPT-2, 2 layers, n_embd 32, 32 positions, vocabulary 300, lm_head tied to wte (not in the file).
 BAD_TICKETS = [
     ("no-masks", lambda f: (f / "ticket_masks.safetensors").unlink(), "ticket_masks.safetensors is missing"),
     ("no-ticket-config", lambda f: (f / "ticket_config.json").unlink(), "is not a gpt_tickets ticket"),
@@ -136,18 +171,163 @@ BAD_TICKETS = [
     ("mask-shape", _masks_of_a_different_model, "(masks of a different model?)"),
     ("mask-no-such-weight", _masks_for_missing_weight, "which the model does not have"),
     ("masks-of-another-ticket", _masks_of_a_different_ticket, "masks of a different ticket?"),
-    ("format-version", lambda f: _rewrite_json(f / "ticket_config.json", format_version=2), "format_version 2"),
-    ("format-version-str", lambda f: _rewrite_json(f / "ticket_config.json", format_version="1"), "format_version"),
-    ("weights-format", lambda f: _rewrite_json(f / "ticket_config.json", weights_format="pickle"), "'pickle'"),
+    ("format-version", _ticket_config(format_version=2), "format_version 2"),
+    ("format-version-str", _ticket_config(format_version="1"), "format_version"),
+    ("weights-format", _ticket_config(weights_format="pickle"), "'pickle'"),
     ("truncated-model", _truncate("model.safetensors"), "model.safetensors is not a readable safetensors file"),
     ("truncated-masks", _truncate("ticket_masks.safetensors"), "ticket_masks.safetensors is not a readable"),
     ("not-json", lambda f: (f / "ticket_config.json").write_text("{"), "ticket_config.json is not valid JSON"),
+    # ticket_config.json nested or mistyped: one line, never RecursionError, KeyError or TypeError
+    (
+        "ticket-config-nested-too-deep",
+        lambda f: (f / "ticket_config.json").write_text("[" * 100_000 + "]" * 100_000),
+        "ticket_config.json is not valid JSON",
+    ),
+    ("ticket-config-a-list", lambda f: (f / "ticket_config.json").write_text("[1, 2]"), "must hold a JSON object"),
+    ("ticket-config-null", lambda f: (f / "ticket_config.json").write_text("null"), "must hold a JSON object"),
+    ("format-version-null", _ticket_config(format_version=None), "format_version None"),
+    ("weights-format-a-list", _ticket_config(weights_format=["dense"]), "weights_format ['dense']"),
+    ("sparsity-nested", _ticket_config(sparsity={"overall": _nested(500)}), "sparsity={'overall': [[[["),
+    ("sparsity-a-list", _ticket_config(sparsity=[0.5]), "sparsity=[0.5] is not of type dict[str, float]"),
+    ("per-layer-one-level", _ticket_config(per_layer_sparsity={"h.0": 0.5}), "per_layer_sparsity={'h.0': 0.5}"),
+    ("groups-nested", _ticket_config(groups=[["attention"]]), "groups=[['attention']] is not of type list[str]"),
+    ("seed-a-string", _ticket_config(seed="0"), "seed='0' is not of type <class 'int'>"),
+    ("seed-a-bool", _ticket_config(seed=True), "seed=True"),
+    ("no-mask-checksum", lambda f: _drop_json_key(f / "ticket_config.json", "mask_checksum"), "'mask_checksum'"),
+    # config.json and the weights' headers disagree: refused before any model is allocated
+    ("config-extra-layer", _config(n_layer=3), "num_hidden_layers=3, model.safetensors holds the weights of 2 layers"),
+    ("config-one-layer-fewer", _config(n_layer=1), "num_hidden_layers=1, model.safetensors holds the weights of 2"),
+    ("config-200000-layers", _config(n_layer=200_000), "config.json declares num_hidden_layers=200000"),
+    (
+        "config-n-embd",
+        _config(n_embd=64),
+        "model.safetensors: tensor 'transformer.wte.weight' has shape (300, 32), config.json implies (300, 64)",
+    ),
+    ("config-untied", _config(tie_word_embeddings=False), "tensor 'lm_head.weight' of shape (300, 32), which"),
+    (
+        "tensor-removed",
+        lambda f: _rewrite_tensors(f, lambda t: t.pop("transformer.ln_f.bias")),
+        "model.safetensors: tensor 'transformer.ln_f.bias' of shape (32,), which config.json implies, is missing",
+    ),
+    (
+        "tensor-extra",
+        lambda f: _rewrite_tensors(f, lambda t: t.update({"transformer.extra.weight": torch.zeros(4)})),
+        "model.safetensors: tensor 'transformer.extra.weight' is not in the model config.json describes",
+    ),
+    (
+        "tensor-mis-shaped",
+        lambda f: _rewrite_tensors(f, lambda t: t.update({"transformer.wpe.weight": torch.zeros(16, 32)})),
+        "model.safetensors: tensor 'transformer.wpe.weight' has shape (16, 32), config.json implies (32, 32)",
+    ),
+    (
+        "compact-tensor-removed",  # format both: the compact file is checked too, though load_ticket reads the dense
+        lambda f: _rewrite_tensors(f, lambda t: t.pop("transformer.ln_f.weight"), "ticket_compact.safetensors"),
+        "ticket_compact.safetensors: tensor 'transformer.ln_f.weight' of shape (32,), which config.json implies",
+    ),
+]
+NEEDS_THE_WEIGHTS = {"stray-weight"}  # every other case is refused from the headers, before a model is allocated
+
+
+@pytest.mark.parametrize("case, damage, message", BAD_TICKETS, ids=[b[0] for b in BAD_TICKETS])
+def test_damaged_ticket_is_refused_with_one_line(ticket, monkeypatch, case, damage, message):
+    damage(ticket)
+    if case not in NEEDS_THE_WEIGHTS:
+        monkeypatch.setattr(load_module, "_load_weights", lambda *a: pytest.fail("a model was allocated"))
+    with pytest.raises(TicketError) as err:
+        load_ticket(ticket)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# Enormous layer counts: refused from the headers before transformers builds the config (a qwen2 config builds a
+# list entry per layer: 5 million take ~10 s) or the model, even on the meta device.
+ENORMOUS_CONFIGS = {
+    "gpt2-200000-layers": ({"n_layer": 200_000}, "num_hidden_layers=200000"),
+    "qwen2-5000000-layers": ({"model_type": "qwen2", "num_hidden_layers": 5_000_000}, "num_hidden_layers=5000000"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ENORMOUS_CONFIGS))
+def test_an_enormous_config_is_refused_in_well_under_a_second(ticket, case):
+    changes, message = ENORMOUS_CONFIGS[case]
+    _rewrite_json(ticket / "config.json", **changes)
+    start = time.perf_counter()
+    with pytest.raises(TicketError, match=message):
+        load_ticket(ticket)
+    assert time.perf_counter() - start < 0.5
+
+
+def test_a_tied_weight_saved_anyway_is_accepted(ticket):
+    """lm_head.weight is tied to wte: save_pretrained leaves it out, but a file holding it too is no damage."""
+    _rewrite_tensors(ticket, lambda t: t.update({"lm_head.weight": t["transformer.wte.weight"].clone()}))
+    model = load_ticket(ticket)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    detach_masks(model)
+
+
+def test_sharded_weights_are_checked_across_the_shards(ticket):
+    plain = AutoModelForCausalLM.from_pretrained(ticket)
+    (ticket / "model.safetensors").unlink()
+    plain.save_pretrained(ticket, max_shard_size="20KB")
+    shards = sorted(ticket.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (ticket / "model.safetensors.index.json").exists()
+    detach_masks(load_ticket(ticket))
+
+    def drop_ln_f_bias(tensors):
+        tensors.pop("transformer.ln_f.bias")
+
+    (holder,) = [s for s in shards if "transformer.ln_f.bias" in load_file(s)]
+    _rewrite_tensors(ticket, drop_ln_f_bias, holder.name)
+    with pytest.raises(TicketError, match=r"^the shards of model.safetensors.index.json: tensor 'transformer.ln_f.b"):
+        load_ticket(ticket)
+
+
+def _compact_only(folder: Path) -> None:
+    _rewrite_json(folder / "ticket_config.json", weights_format="compact")
+    (folder / "model.safetensors").unlink()
+
+
+def _first_pruned(folder: Path) -> str:
+    return sorted(load_packed_masks(folder / "ticket_masks.safetensors"))[0]
+
+
+BAD_COMPACT = [
+    ("extra-layer", _config(n_layer=3), "num_hidden_layers=3, ticket_compact.safetensors holds the weights of 2"),
+    (
+        "tensor-removed",
+        lambda f: _rewrite_tensors(f, lambda t: t.pop("transformer.wpe.weight"), "ticket_compact.safetensors"),
+        "ticket_compact.safetensors: tensor 'transformer.wpe.weight' of shape (32, 32), which config.json implies",
+    ),
+    (
+        "tensor-mis-shaped",
+        lambda f: _rewrite_tensors(
+            f, lambda t: t.update({"transformer.ln_f.bias": torch.zeros(31)}), "ticket_compact.safetensors"
+        ),
+        "ticket_compact.safetensors: tensor 'transformer.ln_f.bias' has shape (31,), config.json implies (32,)",
+    ),
+    (
+        "pruned-weight-not-1d",
+        lambda f: _rewrite_tensors(
+            f,
+            lambda t: t.update({_first_pruned(f): t[_first_pruned(f)].reshape(1, -1)}),
+            "ticket_compact.safetensors",
+        ),
+        "a pruned weight is stored as the 1-D run of the",
+    ),
+    (
+        "pruned-weight-one-value-short",
+        lambda f: _rewrite_tensors(
+            f, lambda t: t.update({_first_pruned(f): t[_first_pruned(f)][1:]}), "ticket_compact.safetensors"
+        ),
+        "values, its mask keeps",
+    ),
 ]
 
 
-@pytest.mark.parametrize("damage, message", [b[1:] for b in BAD_TICKETS], ids=[b[0] for b in BAD_TICKETS])
-def test_damaged_ticket_is_refused_with_one_line(ticket, damage, message):
+@pytest.mark.parametrize("damage, message", [b[1:] for b in BAD_COMPACT], ids=[b[0] for b in BAD_COMPACT])
+def test_damaged_compact_only_ticket_is_refused_before_allocating(ticket, monkeypatch, damage, message):
+    _compact_only(ticket)
     damage(ticket)
+    monkeypatch.setattr(load_module, "_load_weights", lambda *a: pytest.fail("a model was allocated"))
     with pytest.raises(TicketError) as err:
         load_ticket(ticket)
     assert message in str(err.value) and "\n" not in str(err.value)

@@ -1,26 +1,32 @@
 """Perplexity of saved models (dense, tickets, Hub ids) on a dataset: the engine behind ``gpt-tickets eval``.
 
-Every model is checked (it exists, it is a causal LM, the window fits its context) before any text is loaded or any
-weights are read, so a typo in the fifth model fails in seconds. Scoring is ``eval.perplexity.perplexity``, the same
-function IMP uses per round, so a ticket's number here equals the one in its results table. Weights are loaded in
-float32: the point is an exact number, comparable between a dense model and its tickets. torch, transformers and
-datasets are imported where first needed, so that bad numbers fail before seconds of imports.
+Every model is checked (it exists, it is a causal LM, the window fits its context; a ticket folder as
+``load_ticket`` checks it) before any text is loaded or any weights are read, so a typo in the fifth model fails in
+seconds. Scoring is ``eval.perplexity.perplexity``, the same function IMP uses per round, so a ticket's number here
+equals the one in its results table. Weights are loaded in float32: the point is an exact number, comparable between
+a dense model and its tickets. torch, transformers and datasets are imported where first needed, so that bad numbers
+fail before seconds of imports.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, first_line
+from ..errors import ConfigError, TicketError, first_line
 from ..reporting.tables import markdown_table
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from transformers import PretrainedConfig, PreTrainedModel
+
+    from ..sparsity.masks import Mask
+    from ..tickets.format import TicketConfig
 
 __all__ = ["ModelPerplexity", "TextSource", "evaluate_models", "evaluate_texts", "results_table", "save_results"]
 
@@ -79,6 +85,7 @@ class _Plan:
     config: PretrainedConfig
     max_length: int
     stride: int
+    ticket: tuple[TicketConfig, Mask] | None  # checked as load_ticket checks it; None for a plain model
 
 
 def _causal_lm_config(model_id: str) -> PretrainedConfig:
@@ -116,6 +123,7 @@ def _check_numbers(max_length: int | None, stride: int | None, batch_size: int =
 def _plan(model_id: str, max_length: int | None, stride: int | None) -> _Plan:
     from ..models.build import context_length
 
+    ticket = _checked_ticket(model_id)  # first: before AutoConfig builds a config.json declaring 10**8 layers
     config = _causal_lm_config(model_id)
     context = context_length(config)
     if max_length is None:
@@ -128,7 +136,7 @@ def _plan(model_id: str, max_length: int | None, stride: int | None) -> _Plan:
         )
     stride = max_length if stride is None else stride
     _check_numbers(max_length, stride)
-    return _Plan(model_id, config, max_length, stride)
+    return _Plan(model_id, config, max_length, stride, ticket)
 
 
 def _load_model(plan: _Plan) -> PreTrainedModel:
@@ -146,23 +154,48 @@ def _load_model(plan: _Plan) -> PreTrainedModel:
         ) from None
 
 
-def _ticket_sparsity(model_id: str) -> dict[str, float] | None:
-    """A ticket folder's sparsity from its ticket_config.json (read and checked as load_ticket does); None if plain."""
-    from ..tickets.format import TICKET_CONFIG_FILE, read_ticket_config
+@contextmanager
+def _refused(model_id: str) -> Iterator[None]:
+    """load_ticket's one-line TicketError as eval's ConfigError, naming the model among the several scored."""
+    try:
+        yield
+    except TicketError as err:
+        raise ConfigError(f"model {model_id!r} is refused: {err}") from None
+
+
+def _checked_ticket(model_id: str) -> tuple[TicketConfig, Mask] | None:
+    """A local folder's weight files stay inside it, and a ticket folder passes load_ticket's checks, from the files'
+    headers alone: a ticket load_ticket refuses is not scored (and its sparsity not printed)."""
+    from ..tickets.checks import check_ticket_folder, is_ticket_folder
+    from ..tickets.encoding import dense_weight_files
 
     folder = Path(model_id)
-    if not (folder / TICKET_CONFIG_FILE).is_file():
-        return None
-    return dict(read_ticket_config(folder).sparsity)
+    if not folder.is_dir():
+        return None  # a Hub id: transformers' own download
+    with _refused(model_id):
+        if is_ticket_folder(folder):
+            return check_ticket_folder(folder)
+        dense_weight_files(folder)  # from_pretrained would follow a shard index out of the folder ('../x.safetensors')
+    return None
+
+
+def _check_zeros(plan: _Plan, model: PreTrainedModel) -> None:
+    """The ticket check that needs the weights in memory: they are zero where the masks say."""
+    from ..tickets.checks import check_ticket
+
+    if plan.ticket is not None:
+        with _refused(plan.model_id):
+            check_ticket(model, plan.ticket[1])
 
 
 def _score(plan: _Plan, texts: list[str], batch_size: int, accelerator: Accelerator) -> ModelPerplexity:
     from ..data import load_pretrained_tokenizer, tokenize_stream
     from .perplexity import perplexity
 
-    sparsity = _ticket_sparsity(plan.model_id)
+    sparsity = dict(plan.ticket[0].sparsity) if plan.ticket else None
     stream = tokenize_stream(texts, tokenizer=load_pretrained_tokenizer(plan.model_id))
     model = _load_model(plan)
+    _check_zeros(plan, model)
     vocab = model.get_input_embeddings().num_embeddings
     if int(stream.max()) >= vocab:
         raise ConfigError(

@@ -100,6 +100,7 @@ class RunContext:
                 "batch"
             )
         self.val_ids = tokenize_stream(val_texts, tokenizer)[: cfg.data.max_validation_tokens]
+        self.full_mask = Mask.ones_like(model, prunable_weights(model, cfg.prune.groups))
 
         if acc.is_main_process and claim:
             run.claim(cfg)
@@ -112,10 +113,11 @@ class RunContext:
             acc.wait_for_everyone()
             self.tokenizer: PreTrainedTokenizerBase = tokenizer
             self.model_type = model.config.model_type
-            self.full_mask = Mask.ones_like(model, prunable_weights(model, cfg.prune.groups))
             self.trainer = Trainer(acc, model, train_blocks, cfg.train, cfg.seed)
             self.model = acc.unwrap_model(self.trainer.model)  # the plain transformers model, for loads and saves
             self.checkpoints = Checkpoints(acc, run.checkpoints)
+            if cfg.track.log_with:
+                acc.init_trackers(cfg.track.project_name, config=_flat(cfg.to_dict()))
         except BaseException:
             run.unlock()
             raise
@@ -125,8 +127,6 @@ class RunContext:
             f"global batch {cfg.train.batch_size} = {micro} per device x {acc.num_processes} "
             f"processes x {accumulation} accumulation; run dir {run.root}"
         )
-        if cfg.track.log_with:
-            acc.init_trackers(cfg.track.project_name, config=_flat(cfg.to_dict()))
 
     def _save_run_files(self, tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> None:
         """The tokenizer (init=scratch) and the initial weights: rewritten when missing or damaged, since the ones

@@ -34,17 +34,25 @@ from .format import (
 # ------------------------------------------------------------------------------------------------- safetensors
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The header of a safetensors file: a missing, truncated or foreign file fails here with one line."""
+def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """The metadata and every tensor's shape, from the file's header alone: no tensor is read, nothing allocated.
+
+    A missing, truncated or foreign file fails here with one line.
+    """
     if not path.is_file():
         raise TicketError(f"{path.name} is missing from {path.parent}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
+            return f.metadata() or {}, {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except Exception as err:  # safetensors raises SafetensorError / OSError for truncated or foreign files
         raise TicketError(
             f"{path} is not a readable safetensors file (truncated or damaged?): {first_line(err)}"
         ) from None
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The header's metadata (format and version), with ``read_header``'s one-line errors."""
+    return read_header(path)[0]
 
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -114,16 +122,26 @@ def dense_tensors(compact: dict[str, torch.Tensor], mask: Mask) -> dict[str, tor
             dense[name] = values
             continue
         m = mask[name]
-        kept = int(m.sum())
-        if values.dim() != 1 or values.numel() != kept:
-            raise TicketError(
-                f"{COMPACT_FILE}: {name!r} holds {values.numel()} values, its mask keeps {kept}; "
-                f"the masks file belongs to a different ticket?"
-            )
+        check_kept_values(name, tuple(values.shape), m)
         full = torch.zeros(m.shape, dtype=values.dtype)
         full[m] = values
         dense[name] = full
     return dense
+
+
+def check_kept_values(name: str, shape: tuple[int, ...], mask: torch.Tensor) -> None:
+    """A pruned weight in the compact file is the 1-D run of the values its mask keeps, nothing else."""
+    kept = int(mask.sum())
+    if len(shape) != 1:
+        raise TicketError(
+            f"{COMPACT_FILE}: {name!r} has shape {shape}; a pruned weight is stored as the 1-D run of the {kept} "
+            f"values its mask keeps"
+        )
+    if shape[0] != kept:
+        raise TicketError(
+            f"{COMPACT_FILE}: {name!r} holds {shape[0]} values, its mask keeps {kept}; "
+            f"the masks file belongs to a different ticket?"
+        )
 
 
 def save_compact(dense: dict[str, torch.Tensor], mask: Mask, path: Path) -> None:

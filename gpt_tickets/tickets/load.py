@@ -4,6 +4,8 @@ Attached masks (``sparsity.apply.attach_masks``) re-zero the pruned weights afte
 torch optimizer that updates the model, so fine-tuning a loaded ticket with a plain loop, accelerate or the HF
 ``Trainer`` keeps it exactly as sparse as it was: the complaint users raise about one-shot pruners, whose zeros fill
 in on the first step.
+
+Before any model is allocated, the folder gets every check of ``checks.check_ticket_folder``.
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.initialization import no_init_weights
 
 from ..errors import TicketError, first_line
 from ..sparsity.apply import MaskedParameters, attach_masks
-from ..sparsity.masks import Mask, first_stray_weight, mask_checksum
-from .encoding import dense_weight_files, load_compact, load_packed_masks, read_metadata
-from .format import COMPACT_FILE, MASKS_FILE, TICKET_CONFIG_FILE, TicketConfig, read_ticket_config
+from ..sparsity.masks import Mask
+from .checks import check_ticket, check_ticket_folder, model_config
+from .encoding import load_compact
+from .format import COMPACT_FILE, TicketConfig
 from .hub import download_ticket
 
 
@@ -33,9 +35,6 @@ class TicketInfo:
     config: TicketConfig
     mask: Mask
     masked: MaskedParameters
-
-
-# ----------------------------------------------------------------------------------------------------- loading
 
 
 def ticket_folder(repo_id_or_path: str | Path, revision: str | None = None, **download_kwargs: Any) -> Path:
@@ -51,58 +50,24 @@ def ticket_folder(repo_id_or_path: str | Path, revision: str | None = None, **do
 
 
 def _load_weights(folder: Path, tcfg: TicketConfig, mask: Mask) -> PreTrainedModel:
-    """The dense weights through plain ``from_pretrained`` (safetensors only, no remote code), or the compact file."""
+    """The dense weights through plain ``from_pretrained`` (safetensors only, no remote code), or the compact file.
+
+    Call after ``check_ticket_folder``: it has matched the files' tensors with config.json, so nothing is left
+    randomly initialised.
+    """
     if tcfg.weights_format in ("dense", "both"):
-        for path in dense_weight_files(folder):
-            read_metadata(path)  # a missing or truncated file fails here with a clear line
         try:
             return AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
         except Exception as err:  # transformers raises OSError, ValueError ... for a bad folder
             raise TicketError(f"{folder} does not load as a transformers causal LM: {first_line(err)}") from None
     tensors = load_compact(folder / COMPACT_FILE, mask)
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-        with no_init_weights():  # every parameter is overwritten below (checked), so random init is wasted time
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    except Exception as err:
-        raise TicketError(
-            f"{folder}/config.json does not describe a transformers causal LM: {first_line(err)}"
-        ) from None
-    # assign=True takes the tensors as they are (dtype included) instead of copying them into fresh parameters.
-    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    with no_init_weights():  # every parameter is overwritten below (checked), so random init is wasted time
+        model = AutoModelForCausalLM.from_config(model_config(folder), trust_remote_code=False)
+    # assign=True takes the tensors as they are (dtype included) instead of copying them into fresh parameters;
+    # what the file lacks are the tied aliases, which tie_weights points back at their tensor.
+    model.load_state_dict(tensors, strict=False, assign=True)
     model.tie_weights()
-    state = model.state_dict()
-    loaded = {state[name].data_ptr() for name in tensors if name in state}
-    untouched = [name for name in missing if state[name].data_ptr() not in loaded]  # tied aliases are loaded
-    if unexpected or untouched:
-        odd = (unexpected or untouched)[0]
-        raise TicketError(f"{COMPACT_FILE} does not match config.json: tensor {odd!r} is extra or missing")
     return model.eval()
-
-
-def check_ticket(model: torch.nn.Module, mask: Mask, tcfg: TicketConfig) -> None:
-    """Every mask fits a weight of the model, belongs to this ticket, and the weights are zero where it says so."""
-    for name, m in mask.items():
-        try:
-            weight = model.get_parameter(name)
-        except AttributeError:
-            raise TicketError(
-                f"{MASKS_FILE} has a mask for {name!r}, which the model does not have (masks of a different model?)"
-            ) from None
-        if weight.shape != m.shape:
-            raise TicketError(
-                f"{MASKS_FILE}: mask {name!r} has shape {tuple(m.shape)}, the weight {tuple(weight.shape)} "
-                f"(masks of a different model?)"
-            )
-    checksum = mask_checksum(mask)
-    if tcfg.mask_checksum != checksum:
-        raise TicketError(
-            f"{MASKS_FILE} (checksum {checksum}) is not the masks file {TICKET_CONFIG_FILE} was written with "
-            f"({tcfg.mask_checksum}): masks of a different ticket?"
-        )
-    stray = first_stray_weight(model, mask)
-    if stray:
-        raise TicketError(f"weight {stray[0]!r} is non-zero at {stray[1]} positions where its mask is 0")
 
 
 def load_ticket(repo_id_or_path: str | Path, revision: str | None = None, **download_kwargs: Any) -> PreTrainedModel:
@@ -113,16 +78,15 @@ def load_ticket(repo_id_or_path: str | Path, revision: str | None = None, **down
             does (with ``HF_HUB_OFFLINE=1`` the cached snapshot is used).
         revision: branch, tag or commit of a Hub repo.
         download_kwargs: ``cache_dir``, ``token``, ``local_files_only``, ``endpoint``, as for
-            ``huggingface_hub.snapshot_download``.
+            ``huggingface_hub.snapshot_download``, and ``timeout`` (seconds any one network step may wait).
 
     The model's ``ticket`` attribute holds the folder, ``ticket_config.json`` (a ``TicketConfig``) and the masks. Raises
     :class:`TicketError` with one line naming the file and the problem when anything does not check out.
     """
     folder = ticket_folder(repo_id_or_path, revision, **download_kwargs)
-    tcfg = read_ticket_config(folder)
-    mask = load_packed_masks(folder / MASKS_FILE)
+    tcfg, mask = check_ticket_folder(folder)
     model = _load_weights(folder, tcfg, mask)
-    check_ticket(model, mask, tcfg)
+    check_ticket(model, mask)
     model.ticket = TicketInfo(folder, tcfg, mask, attach_masks(model, mask))
     return model
 
