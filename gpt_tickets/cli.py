@@ -143,6 +143,7 @@ def _push(args: argparse.Namespace, rest: list[str]) -> int:
         revision=args.revision,
         create_pr=args.create_pr,
         commit_message=args.commit_message,
+        timeout=args.timeout,
     )
     print(f"pushed {args.ticket_dir}: {commit.pr_url or commit.commit_url}")
     return 0
@@ -162,6 +163,9 @@ def _add_push(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentPa
     push.add_argument("--revision", default=None, help="branch to commit to (created when missing)")
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     push.add_argument("--commit-message", default=None, help="commit message (default names the sparsity)")
+    push.add_argument(
+        "--timeout", type=float, default=None, help="seconds one network step may wait for the Hub (default: 60)"
+    )
     return push
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -67,13 +68,13 @@ class TicketConfig:
         version = data.get("format_version")
         if type(version) is not int or version not in SUPPORTED_FORMAT_VERSIONS:
             raise TicketError(
-                f"{TICKET_CONFIG_FILE} has format_version {version!r}; this gpt_tickets reads "
+                f"{TICKET_CONFIG_FILE} has format_version {_short(version)}; this gpt_tickets reads "
                 f"{list(SUPPORTED_FORMAT_VERSIONS)} (a newer gpt_tickets may read it)"
             )
         weights = data.get("weights_format")
         if weights not in WEIGHT_FORMATS:
             raise TicketError(
-                f"{TICKET_CONFIG_FILE} has weights_format {weights!r}; allowed: {', '.join(WEIGHT_FORMATS)}"
+                f"{TICKET_CONFIG_FILE} has weights_format {_short(weights)}; allowed: {', '.join(WEIGHT_FORMATS)}"
             )
         hints = typing.get_type_hints(cls)
         values = {}
@@ -83,9 +84,14 @@ class TicketConfig:
                     raise TicketError(f"{where} lacks the entry {f.name!r}; re-export the ticket")
                 continue
             if not _matches(data[f.name], hints[f.name]):
-                raise TicketError(f"{where}: {f.name}={data[f.name]!r} is not of type {hints[f.name]}")
+                raise TicketError(f"{where}: {f.name}={_short(data[f.name])} is not of type {hints[f.name]}")
             values[f.name] = data[f.name]
         return cls(**values)  # keys this version does not know are ignored: newer writers may add facts
+
+
+def _short(value: Any) -> str:
+    """A value from a foreign file, as a short one-line repr (a nested or huge value is abbreviated)."""
+    return reprlib.repr(value)
 
 
 def _matches(value: Any, annotation: Any) -> bool:
