@@ -8,7 +8,8 @@ from gpt_tickets.models.families import prunable_weights
 from gpt_tickets.sparsity.apply import MaskedParameters
 from gpt_tickets.sparsity.masks import Mask
 from gpt_tickets.sparsity.report import sparsity_report
-from gpt_tickets.sparsity.select import magnitude_prune
+from gpt_tickets.sparsity.scores import Score, magnitude
+from gpt_tickets.sparsity.select import magnitude_prune, prune
 
 TINY_DECODER = dict(
     hidden_size=16,
@@ -186,3 +187,176 @@ def test_sparsity_report_groups_and_layers():
     assert report.per_layer["1"]["mlp"] == 0.5  # c_fc and c_proj have the same size
     assert report.per_layer["0"]["mlp"] == 0.0
     assert report.overall == pytest.approx(16 * 64 / mask.numel())
+
+
+# ------------------------------------------------------------------------------------------------ radix select
+# The reference: the bisection over float32 bit patterns that selection used before the radix select, kept here
+# unchanged (~31 counting passes, obviously correct) so the new selection can be checked bitwise against it.
+
+_INF_BITS = 0x7F800000
+
+
+def _reference_bits(score: Score, name: str, weight: torch.Tensor) -> torch.Tensor:
+    return score(name, weight).contiguous().view(torch.int32)
+
+
+def _reference_count_at_most(weights, keep, score, bits: int) -> int:
+    return sum(int((keep[n] & (_reference_bits(score, n, w) <= bits)).sum()) for n, w in weights.items())
+
+
+def _reference_kth_smallest_bits(weights, keep, score, k: int) -> int:
+    lo, hi = 0, _INF_BITS
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _reference_count_at_most(weights, keep, score, mid) >= k:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _reference_prune_group(weights, mask, fraction, score):
+    keep = {n: mask[n].to(w.device) for n, w in weights.items()}
+    n_prune = round(fraction * sum(int(m.sum()) for m in keep.values()))
+    if n_prune == 0:
+        return {n: m.clone() for n, m in keep.items()}
+    cut = _reference_kth_smallest_bits(weights, keep, score, n_prune)
+    ties_left = n_prune - _reference_count_at_most(weights, keep, score, cut - 1)
+    new = {}
+    for n, w in weights.items():
+        bits = _reference_bits(score, n, w)
+        survives = keep[n] & (bits > cut)
+        tied = (keep[n] & (bits == cut)).flatten().nonzero().squeeze(1)
+        kept_ties = tied[ties_left:]
+        ties_left = max(0, ties_left - tied.numel())
+        survives.view(-1)[kept_ties] = True
+        new[n] = survives
+    return new
+
+
+def reference_prune(weights, mask: Mask, fraction: float, scope: str, score: Score = magnitude) -> Mask:
+    groups = [list(mask)] if scope == "global" else [[n] for n in mask]
+    new = Mask()
+    for group in groups:
+        for name, keep in _reference_prune_group({n: weights[n] for n in group}, mask, fraction, score).items():
+            new[name] = keep.cpu()
+    return new
+
+
+def tied_weights(seed: int) -> dict[str, torch.Tensor]:
+    """Random matrices of odd shapes with planted ties: equal magnitudes of both signs, exact zeros, denormals, and
+    neighbours of 0.5 that share its high 16 bits (so only the second histogram tells them apart)."""
+    g = torch.Generator().manual_seed(seed)
+    neighbours = (torch.tensor(0.5).view(torch.int32) + torch.arange(1, 6, dtype=torch.int32)).view(torch.float32)
+    planted = torch.cat([torch.tensor([0.0, -0.0, 1e-40, -1e-40, 0.5, -0.5, 0.25, 1.0, -1.0]), neighbours, -neighbours])
+    weights = {}
+    for i, shape in enumerate([(8, 24), (1, 7), (16, 16), (3, 1), (32, 12), (5,)]):
+        w = torch.randn(shape, generator=g)
+        flat = w.view(-1)
+        where = (torch.rand(flat.numel(), generator=g) < 0.4).nonzero().squeeze(1)
+        flat[where] = planted[torch.randint(len(planted), (where.numel(),), generator=g)]
+        weights[f"layer{i}.weight"] = w
+    return weights
+
+
+def ones(weights: dict[str, torch.Tensor]) -> Mask:
+    return Mask({n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()})
+
+
+def groups_of(mask: Mask, scope: str) -> list[list[str]]:
+    return [list(mask)] if scope == "global" else [[n] for n in mask]
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("fraction", [0.05, 0.2, 0.5, 0.9])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_radix_select_is_bitwise_the_bisection(scope, fraction, seed):
+    weights = tied_weights(seed)
+    mask = ones(weights)
+    for r in range(1, 5):
+        expected = reference_prune(weights, mask, fraction, scope)
+        new = magnitude_prune(weights, mask, fraction, scope)
+        assert list(new) == list(expected)
+        assert all(new[n].dtype == torch.bool and torch.equal(new[n], expected[n]) for n in new)
+        for group in groups_of(mask, scope):  # the exact count: 1-(1-p)^r pruned, up to rounding each round
+            assert sum(int(new[n].sum()) for n in group) == expected_remaining(
+                sum(new[n].numel() for n in group), fraction, r
+            )
+        mask = new
+        for n, m in mask.items():  # IMP zeroes what it prunes: the pruned entries then all share bin 0
+            weights[n] = weights[n] * m
+
+
+def test_radix_select_is_the_bisection_for_any_score():
+    def squared(name: str, w: torch.Tensor) -> torch.Tensor:  # not |w|, and ranked differently per matrix
+        return w.float() ** 2 + (1.0 if name.startswith("layer0") else 0.0)
+
+    weights = tied_weights(3)
+    mask = ones(weights)
+    for _ in range(3):
+        new = prune(weights, mask, 0.3, "global", squared)
+        assert all(torch.equal(new[n], m) for n, m in reference_prune(weights, mask, 0.3, "global", squared).items())
+        mask = new
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.5, 0.9])
+def test_equal_magnitudes_go_in_parameter_then_index_order(scope, fraction):
+    weights = {"a": torch.full((4, 5), -0.3), "b": torch.full((7,), 0.3), "c": torch.full((3, 3), 0.3)}
+    g = torch.Generator().manual_seed(0)
+    mask = Mask({n: torch.rand(w.shape, generator=g) < 0.7 for n, w in weights.items()})
+    new = magnitude_prune(weights, mask, fraction, scope)
+    for group in groups_of(mask, scope):
+        before = torch.cat([mask[n].flatten() for n in group])
+        n_prune = round(fraction * int(before.sum()))
+        expected = before.clone()
+        expected[before.nonzero().squeeze(1)[:n_prune]] = False  # the first survivors, in order
+        assert torch.equal(torch.cat([new[n].flatten() for n in group]), expected)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.75])
+def test_zeros_among_the_survivors_go_first(fraction):
+    g = torch.Generator().manual_seed(0)
+    weights = {n: torch.randn(6, 10, generator=g) for n in ("a", "b")}
+    mask = Mask({n: torch.rand(6, 10, generator=g) < 0.8 for n in weights})
+    for n, w in weights.items():
+        w[~mask[n]] = 0.0  # pruned entries are zero, as in IMP
+        w[torch.rand(6, 10, generator=g) < 0.3] = 0.0  # and so are some survivors
+    new = magnitude_prune(weights, mask, fraction, "global")
+    assert all(torch.equal(new[n], m) for n, m in reference_prune(weights, mask, fraction, "global").items())
+    surviving = mask.num_remaining()
+    assert surviving - new.num_remaining() == round(fraction * surviving)
+    removed = torch.cat([weights[n][mask[n] & ~new[n]].abs() for n in weights])
+    kept = torch.cat([weights[n][new[n]].abs() for n in weights])
+    assert removed.max() <= kept.min()
+
+
+def test_a_single_matrix_prunes_alike_in_both_scopes():
+    weights = {"only": torch.randn(33, 17, generator=torch.Generator().manual_seed(0))}
+    mask = ones(weights)
+    for r in range(1, 4):
+        new = magnitude_prune(weights, mask, 0.2, "global")
+        assert torch.equal(new["only"], magnitude_prune(weights, mask, 0.2, "layer")["only"])
+        assert torch.equal(new["only"], reference_prune(weights, mask, 0.2, "global")["only"])
+        assert new.num_remaining() == expected_remaining(33 * 17, 0.2, r)
+        mask = new
+
+
+@pytest.mark.parametrize("survivors", [1, 2, 3])
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 0.7, 0.9])
+def test_tiny_matrix_with_few_survivors(survivors, fraction):
+    weights = {"w": torch.tensor([[0.3, -0.1], [0.2, 0.3]])}
+    mask = Mask(w=torch.tensor([[True, False], [True, True]]))  # 0.3 and 0.3 tie
+    mask["w"].view(-1)[mask["w"].flatten().nonzero().squeeze(1)[survivors:]] = False
+    new = magnitude_prune(weights, mask, fraction, "global")
+    assert survivors - new.num_remaining() == round(fraction * survivors)
+    assert torch.equal(new["w"], reference_prune(weights, mask, fraction, "global")["w"])
+    assert new["w"] is not mask["w"]  # a copy even when nothing is pruned
+
+
+def test_negative_or_non_float32_scores_are_refused():
+    weights = {"w": torch.randn(4, 4)}
+    with pytest.raises(ValueError, match="negative"):
+        prune(weights, ones(weights), 0.5, "global", lambda name, w: w - 10)
+    with pytest.raises(TypeError, match="float32"):
+        prune(weights, ones(weights), 0.5, "global", lambda name, w: w.double().abs())

@@ -1,12 +1,18 @@
 """Selection: (weights, mask, score) -> the new mask keeping all but the lowest-scored share. No Accelerate.
 
-The cut is found without concatenating or sorting the scores: the k-th smallest surviving score is located by
-bisection over the bit patterns of float32 scores (for non-negative floats, integer order is value order), each step
-one counting pass over the matrices. Memory stays at one matrix's temporaries, on the weights' own device, so a 7B
-model is pruned where it lives instead of in a CPU copy several times its size.
+The cut is found without concatenating or sorting the scores, by a radix select over the bit patterns of the
+float32 scores (for non-negative floats, integer order is value order): one pass counts the surviving scores' high
+16 bits into a histogram, which names the bucket holding the k-th smallest; a second counts the low 16 bits inside
+that bucket, which gives the exact cut; a third writes the new mask. Three passes over the weights where a
+bisection needs ~32, and the memory of one matrix's temporaries plus the new mask (1.2 bytes per prunable weight on
+GPT-2 small), on the weights' own device, so a 7B model is pruned where it lives instead of through a copy of all
+its scores (``torch.cat`` + ``kthvalue``: 8 bytes per prunable weight; torch's own global pruning: 27; see
+``benchmarks/selection.py``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 
@@ -14,53 +20,104 @@ from ..config.schema import SCOPES
 from .masks import Mask
 from .scores import Score, magnitude
 
-_INF_BITS = 0x7F800000  # float32 +inf
-
+_HALF = 16  # bits per radix digit
+_HIGH_BINS = 1 << 15  # high halves of non-negative int32 bit patterns: 0 .. 0x7FFF (NaNs sort above +inf)
+_LOW_BINS = 1 << _HALF
 
 Scored = dict[str, torch.Tensor]
 
 
 def _score_bits(score: Score, name: str, weight: torch.Tensor) -> torch.Tensor:
-    return score(name, weight).contiguous().view(torch.int32)
+    """The scores as int32 bit patterns, which order like the values because scores are non-negative float32."""
+    scores = score(name, weight)
+    if scores.dtype != torch.float32:
+        raise TypeError(f"score of {name!r} is {scores.dtype}; scores must be float32")
+    return scores.contiguous().view(torch.int32)
 
 
-def _count_at_most(weights: Scored, keep: Scored, score: Score, bits: int) -> int:
-    return sum(int((keep[n] & (_score_bits(score, n, w) <= bits)).sum()) for n, w in weights.items())
+def _keep(mask: Mask, name: str, weight: torch.Tensor) -> torch.Tensor:
+    """One matrix's mask on its weight's device, moved there only while it is used (no copy on CPU)."""
+    return mask[name].to(weight.device)
 
 
-def _kth_smallest_bits(weights: Scored, keep: Scored, score: Score, k: int) -> int:
-    """Bit pattern of the k-th smallest surviving score (1-based): the least b with count(score <= b) >= k."""
-    lo, hi = 0, _INF_BITS
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _count_at_most(weights, keep, score, mid) >= k:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+def _count(values: torch.Tensor, bins: int, name: str) -> torch.Tensor:
+    """Histogram (on CPU) of the int32 ``values``; a negative one means a score below zero (or -0.0)."""
+    try:
+        return torch.bincount(values.view(-1), minlength=bins).cpu()
+    except RuntimeError as err:  # bincount checks for negatives anyway: no extra pass on the common path
+        if values.numel() and int(values.min()) < 0:
+            raise ValueError(f"score of {name!r} has negative values (or -0.0); scores must be >= 0") from err
+        raise
 
 
-def _prune_group(weights: Scored, mask: Mask, fraction: float, score: Score) -> Scored:
-    """Remove round(fraction * surviving) of the surviving entries of these matrices, lowest score first.
+def _high_histogram(weights: Scored, mask: Mask, score: Score, pruned: int) -> torch.Tensor:
+    """Pass 1: how many surviving scores have each high half, over all matrices of the group.
 
-    Entries tied at the cut are removed in parameter order, then flat index order, so every process decides alike.
+    The ``pruned`` entries are counted into bin 0 (multiplying by the mask is much cheaper than selecting the
+    survivors) and taken out again.
     """
-    keep = {n: mask[n].to(w.device) for n, w in weights.items()}
-    n_prune = round(fraction * sum(int(m.sum()) for m in keep.values()))
-    if n_prune == 0:
-        return {n: m.clone() for n, m in keep.items()}
-    cut = _kth_smallest_bits(weights, keep, score, n_prune)
-    ties_left = n_prune - _count_at_most(weights, keep, score, cut - 1)
-    new = {}
+    hist = torch.zeros(_HIGH_BINS, dtype=torch.int64)
+    for n, w in weights.items():
+        high = (_score_bits(score, n, w) >> _HALF).mul_(_keep(mask, n, w))
+        hist += _count(high, _HIGH_BINS, n)
+    hist[0] -= pruned
+    return hist
+
+
+def _low_histogram(weights: Scored, mask: Mask, score: Score, high: int) -> torch.Tensor:
+    """Pass 2: how many surviving scores in the bucket ``high`` have each low half."""
+    hist = torch.zeros(_LOW_BINS, dtype=torch.int64)
     for n, w in weights.items():
         bits = _score_bits(score, n, w)
-        survives = keep[n] & (bits > cut)
-        tied = (keep[n] & (bits == cut)).flatten().nonzero().squeeze(1)
-        kept_ties = tied[ties_left:]
-        ties_left = max(0, ties_left - tied.numel())
-        survives.view(-1)[kept_ties] = True
-        new[n] = survives
-    return new
+        in_bucket = ((bits >> _HALF) == high).logical_and_(_keep(mask, n, w))
+        hist += _count(bits[in_bucket] & (_LOW_BINS - 1), _LOW_BINS, n)
+    return hist
+
+
+def _locate(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """(the bin holding the k-th smallest entry (1-based), how many entries lie in the bins below it)."""
+    below = hist.cumsum(0)
+    found = int(torch.searchsorted(below, k))  # the first bin whose running count reaches k
+    return found, int(below[found - 1]) if found else 0
+
+
+def _kth_smallest_bits(weights: Scored, mask: Mask, score: Score, k: int, pruned: int) -> tuple[int, int]:
+    """(bit pattern of the k-th smallest surviving score (1-based), how many surviving scores are smaller)."""
+    high, below_high = _locate(_high_histogram(weights, mask, score, pruned), k)
+    low, below_low = _locate(_low_histogram(weights, mask, score, high), k - below_high)
+    return high << _HALF | low, below_high + below_low
+
+
+def _cut(weights: Scored, mask: Mask, score: Score, cut: int, ties: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """Pass 3: keep the entries scored above ``cut`` and those tied at it after the first ``ties``.
+
+    Tied entries go in parameter order, then flat index order, so every process decides alike.
+    """
+    for n, w in weights.items():
+        keep = _keep(mask, n, w)
+        bits = _score_bits(score, n, w)
+        if ties == 0:
+            yield n, (bits >= cut).logical_and_(keep).cpu()
+            continue
+        new = (bits > cut).logical_and_(keep)
+        tied = (bits == cut).logical_and_(keep)
+        n_tied = int(tied.sum())
+        if n_tied > ties:  # the first `ties` go, the rest stay
+            new.view(-1)[tied.flatten().nonzero().squeeze(1)[ties:]] = True
+        ties = max(0, ties - n_tied)
+        yield n, new.cpu()
+
+
+def _prune_group(weights: Scored, mask: Mask, fraction: float, score: Score) -> Iterator[tuple[str, torch.Tensor]]:
+    """Remove round(fraction * surviving) of the surviving entries of these matrices, lowest score first."""
+    surviving = sum(int(mask[n].sum()) for n in weights)
+    n_prune = round(fraction * surviving)
+    if n_prune == 0:
+        yield from ((n, mask[n].to("cpu", copy=True)) for n in weights)
+        return
+    pruned = sum(mask[n].numel() for n in weights) - surviving
+    cut, smaller = _kth_smallest_bits(weights, mask, score, n_prune, pruned)
+    yield from _cut(weights, mask, score, cut, n_prune - smaller)
 
 
 @torch.no_grad()
@@ -72,7 +129,10 @@ def prune(weights: Scored, mask: Mask, fraction: float, scope: str, score: Score
         mask: the current mask; pruned entries stay pruned.
         fraction: share p of the *remaining* weights to remove, so after r rounds 1-(1-p)^r are pruned.
         scope: ``global`` ranks all masked weights together; ``layer`` prunes p of each matrix separately.
-        score: weights -> non-negative scores (``scores.magnitude``: Frankle & Carbin's |w|).
+        score: weights -> non-negative float32 scores (``scores.magnitude``: Frankle & Carbin's |w|).
+
+    Returns:
+        the new mask, on CPU.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction={fraction} must be in (0, 1)")
@@ -82,8 +142,8 @@ def prune(weights: Scored, mask: Mask, fraction: float, scope: str, score: Score
     groups = [names] if scope == "global" else [[n] for n in names]
     new = Mask()
     for group in groups:
-        for name, keep in _prune_group({n: weights[n] for n in group}, mask, fraction, score).items():
-            new[name] = keep.cpu()
+        for name, keep in _prune_group({n: weights[n] for n in group}, mask, fraction, score):
+            new[name] = keep
     return new
 
 
