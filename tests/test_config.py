@@ -41,6 +41,7 @@ def test_fingerprint_ignores_output_dir_but_not_hyperparameters():
     a, b = load_config(None, ["--output_dir", "x"]), load_config(None, ["--output_dir", "y"])
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != load_config(None, ["--prune.fraction", "0.3"]).fingerprint()
+    assert a.fingerprint() == load_config(None, ["--controls", "[]"]).fingerprint()  # each control is its own branch
 
 
 @pytest.mark.parametrize(

@@ -254,11 +254,11 @@ class RunConfig:
     def fingerprint(self) -> str:
         """Hash of everything that affects results, naming a run's identity.
 
-        Where results go, how often they are checkpointed, what logs them and how the ticket is shipped does not
-        change them.
+        Where results go, how often they are checkpointed, what logs them, how the ticket is shipped and which
+        controls run at the end (each a branch in its own folder) do not change them.
         """
         payload = self.to_dict()
-        for key in ("output_dir", "track", "export"):
+        for key in ("output_dir", "track", "export", "controls"):
             payload.pop(key)
         payload["train"].pop("checkpoint_every")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -86,11 +86,17 @@ class RunDir:
         except OSError as err:
             raise ConfigError(f"output_dir {str(self.root)!r} cannot be created: {first_line(err)}") from None
         self.lock()
+        try:
+            self._take(cfg)
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _take(self, cfg: RunConfig) -> None:
         self.sweep()
         if self.config.exists():
             theirs = self.stored_config().fingerprint()
             if theirs != cfg.fingerprint():
-                self.unlock()
                 raise ConfigError(
                     f"output_dir {str(self.root)!r} holds a run of a different config (fingerprint {theirs}, this "
                     f"one {cfg.fingerprint()}); choose another output_dir or delete that directory"
@@ -98,7 +104,6 @@ class RunDir:
             return
         strays = sorted(p.name for p in self.root.iterdir() if p.name != LOCK_FILE)
         if strays:
-            self.unlock()
             raise ConfigError(
                 f"output_dir {str(self.root)!r} holds files but no gpt_tickets run (e.g. {strays[0]}); choose an "
                 "empty or new directory"
