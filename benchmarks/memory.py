@@ -1,23 +1,27 @@
-"""Peak memory (CPU RSS) of one IMP round, dense vs masked, each measured in a fresh process.
+"""Peak memory (CPU RSS) of one IMP round: dense, ours and the ``torch.nn.utils.prune`` peer, each in a fresh process.
 
 The claim under test: the peak memory of a round is that of dense training plus the masks (at most 1 byte per
 prunable weight); the rewind weights live on disk and are loaded at rewind. Each child process goes through a
 round as ``gpt_tickets.lottery`` does, with the real ``Trainer`` and ``MaskedParameters``:
 
 1. train the previous round (dense), which leaves AdamW's state resident, as it is when the next round starts;
-2. prune + rewind: cut the mask by magnitude where the weights live (masked run only; one cut from a full
-   mask straight to 1-0.8^5 = 67.2%, so pruning's temporaries are those of round 1, the largest), then load the
-   step-k weights from their file on disk;
-3. train the round through ``MaskedParameters`` (an empty mask for the dense run).
+2. prune + rewind: cut the mask by magnitude where the weights live (ours and peer; one cut from a full mask
+   straight to 1-0.8^5 = 67.2%, so pruning's temporaries are those of round 1, the largest), then load the
+   step-k weights from their file on disk; the peer then moves its masks into the model the way an IMP written on
+   ``torch.nn.utils.prune`` does (BERT-Tickets): ``prune.custom_from_mask`` on each pruned weight, i.e.
+   ``weight_orig`` + a float ``weight_mask`` buffer + a forward pre-hook computing ``weight`` from them;
+3. train the round through ``MaskedParameters``: our mask for ours, an empty mask for dense and for the peer (whose
+   masks act inside the model), so the only difference is the masking mechanism.
 
 The high-water mark of the resident set (``VmHWM``) is reset before step 2 and again before step 3 (Linux
 ``/proc/self/clear_refs``), so each phase's peak is its own; the round's peak is the larger of the two. Model,
 gradient, AdamW and mask bytes are counted from the tensors themselves, so the reader can check
-peak(masked) - peak(dense) against the mask budget. RSS is CPU memory: on a GPU the same tensors live in device
-memory instead.
+peak(ours) - peak(dense) against the mask budget. RSS is CPU memory: on a GPU the same tensors live in device
+memory instead. Children run with ``MALLOC_MMAP_THRESHOLD_=65536``: glibc then maps every allocation of 64 KiB or
+more on its own and returns it when freed, so the RSS follows the live tensors, not the allocator's adaptive threshold.
 
     python -m benchmarks.memory [--steps 2] [--repeats 1] [--write BENCHMARKS.md]
-    python -m benchmarks.memory --quick     # smoke check (~1.5 min on 2 cores); its numbers mean nothing
+    python -m benchmarks.memory --quick     # smoke check (~1 min on 2 cores); its numbers mean nothing
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -37,8 +42,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_SMALL_CONFIG = ROOT / "configs" / "gpt2_small_wikitext103.yaml"
 SPARSITY = 1 - 0.8**5  # the tiny default's final ticket: 5 rounds at p = 0.2
-MODES = ("dense", "masked")
+MODES = ("dense", "ours", "peer")
 MiB = 2**20
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # a fixed threshold: freed tensors (>= 64 KiB) leave the RSS
 
 
 # ---------------------------------------------------------------------------------------------- in the child
@@ -65,6 +71,30 @@ def _nbytes(tensors: Any) -> int:
     import torch
 
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _unique_nbytes(tensors: Any) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (a CPU ``MaskedParameters`` shares the ``Mask``'s)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def _peer_masking_tensors(module: Any) -> list[Any]:
+    """What the peer's masking keeps per weight: the float ``weight_mask`` buffer, the ``weight`` its pre-hook
+    recomputes at every forward, and the mask given to ``custom_from_mask``, which the hook holds on to."""
+    hooks = [hook for hook in module._forward_pre_hooks.values() if hasattr(hook, "mask")]
+    return [module.weight_mask, module.weight, *(hook.mask for hook in hooks)]
+
+
+def _hook_masks(model: Any, mask: Any) -> list[Any]:
+    """The peer's masking: ``torch.nn.utils.prune.custom_from_mask`` on each pruned weight; returns the modules."""
+    import torch.nn.utils.prune as torch_prune
+
+    modules = []
+    for name, m in mask.items():
+        module_name, _, attr = name.rpartition(".")
+        modules.append(torch_prune.custom_from_mask(model.get_submodule(module_name), attr, m))
+    return modules
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +124,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     trainer = Trainer(Accelerator(cpu=True), model, blocks, train_cfg, seed=0)
     plain = trainer.accelerator.unwrap_model(trainer.model)
     weights = prunable_weights(plain, ["attention", "mlp"])
+    n_prunable = sum(plain.get_parameter(w.name).numel() for w in weights)  # before the peer renames them
 
     with tempfile.TemporaryDirectory() as tmp:
         rewind_file = Path(tmp) / "rewind.safetensors"
@@ -102,11 +133,15 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         after_previous = _status_kib("VmRSS") * 1024
 
         _reset_peak()
-        if spec["mode"] == "masked":
-            mask = magnitude_prune(dict(plain.named_parameters()), Mask.ones_like(plain, weights), SPARSITY, "global")
-        else:
+        if spec["mode"] == "dense":
             mask = Mask()
+        else:
+            mask = magnitude_prune(dict(plain.named_parameters()), Mask.ones_like(plain, weights), SPARSITY, "global")
         load_parameters(plain, rewind_file)
+        sparsity = 1 - mask.num_remaining() / mask.numel() if mask else 0.0
+        hooked = _hook_masks(plain, mask) if spec["mode"] == "peer" else []
+        if hooked:
+            mask = Mask()  # the peer's masks now live in the model
         prune_rewind_peak = _peak_bytes()
 
         _reset_peak()
@@ -115,6 +150,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         train_peak = _peak_bytes()
 
     params = list(plain.parameters())
+    held = [*mask.values(), *(m for _, m in masked.pairs)]
+    held += [t for module in hooked for t in _peer_masking_tensors(module)]
     return {
         "baseline": baseline,
         "after_previous_round": after_previous,
@@ -124,11 +161,10 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in params),
         "parameter_bytes": _nbytes(params),
         "adamw_bytes": _nbytes(v for state in trainer.optimizer.state.values() for v in state.values()),
-        "prunable_weights": sum(plain.get_parameter(w.name).numel() for w in weights),
-        "mask_bytes": _nbytes(mask.values()),
-        "masked_parameters_bytes": _nbytes(m for _, m in masked.pairs),
-        "masked_parameters_dtype": str(masked.pairs[0][1].dtype) if masked.pairs else None,
-        "sparsity": 1 - mask.num_remaining() / mask.numel() if mask else 0.0,
+        "prunable_weights": n_prunable,
+        "masking_bytes": _unique_nbytes(held),
+        "masking_dtypes": sorted({str(t.dtype) for t in held}),
+        "sparsity": sparsity,
         "n_layer": config.n_layer,
         "n_embd": config.n_embd,
         "vocab_size": config.vocab_size,
@@ -145,7 +181,7 @@ def _specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     gpt2 = {
         "config": str(GPT2_SMALL_CONFIG),
         "model_overrides": {},
-        "block_size": 1024,
+        "block_size": args.gpt2_block_size,
         "batch_size": args.gpt2_batch_size,
         "steps": args.steps,
     }
@@ -159,6 +195,7 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.memory", "--child", json.dumps(spec)],
         cwd=ROOT,
+        env={**os.environ, **MALLOC_ENV},
         capture_output=True,
         text=True,
     )
@@ -171,49 +208,60 @@ def _mib(n: float) -> str:
     return f"{n / MiB:,.1f}"
 
 
+def _per_weight(n_bytes: float, n_prunable: int) -> str:
+    return f"{_mib(n_bytes)} MiB = {n_bytes / n_prunable:.2f} bytes per prunable weight"
+
+
 def _report(size: str, spec: dict[str, Any], runs: dict[str, list[dict[str, Any]]], quick: bool) -> list[str]:
-    first = runs["masked"][0]
-    peak = {mode: statistics.median(r["round_peak"] for r in runs[mode]) for mode in MODES}
+    first = {mode: runs[mode][0] for mode in MODES}
+    info = first["ours"]
     phase = {
         (mode, key): statistics.median(r[key] for r in runs[mode])
         for mode in MODES
-        for key in ("baseline", "prune_rewind_peak", "train_peak")
+        for key in ("baseline", "prune_rewind_peak", "train_peak", "round_peak")
     }
-    n_prunable = first["prunable_weights"]
-    held = first["mask_bytes"] + first["masked_parameters_bytes"]
-    extra = peak["masked"] - peak["dense"]
-    extra_training = phase["masked", "train_peak"] - phase["dense", "train_peak"]
+    n_prunable = info["prunable_weights"]
     shrunk = " (--quick: shrunk, numbers mean nothing)" if quick else ""
+
+    def row(label: str, key: str) -> str:
+        return f"| {label} | " + " | ".join(_mib(phase[mode, key]) for mode in MODES) + " |"
+
+    def extra(mode: str, key: str) -> str:
+        return _per_weight(phase[mode, key] - phase["dense", key], n_prunable)
+
+    def held(mode: str) -> str:
+        return f"{first[mode]['masking_bytes'] / n_prunable:.2f} bytes per prunable weight"
+
     lines = [
         f"### {size}{shrunk}",
         "",
-        f"GPT-2 {first['n_layer']} layers x {first['n_embd']} wide, vocabulary {first['vocab_size']:,}: "
-        f"{first['parameters']:,} parameters, {n_prunable:,} prunable (attention + MLP); random tokens, batch "
+        f"GPT-2 {info['n_layer']} layers x {info['n_embd']} wide, vocabulary {info['vocab_size']:,}: "
+        f"{info['parameters']:,} parameters, {n_prunable:,} prunable (attention + MLP); random tokens, batch "
         f"{spec['batch_size']} x {spec['block_size']} tokens, {spec['steps']} AdamW step(s) per round, fp32; mask at "
-        f"{first['sparsity']:.1%} sparsity.",
+        f"{info['sparsity']:.1%} sparsity.",
         "",
         "| tensors | MiB |",
         "|---|---|",
-        f"| parameters | {_mib(first['parameter_bytes'])} |",
-        f"| gradients (alive from backward to the optimizer step) | {_mib(first['parameter_bytes'])} |",
-        f"| AdamW state (exp_avg, exp_avg_sq, step) | {_mib(first['adamw_bytes'])} |",
+        f"| parameters | {_mib(info['parameter_bytes'])} |",
+        f"| gradients (alive from backward to the optimizer step) | {_mib(info['parameter_bytes'])} |",
+        f"| AdamW state (exp_avg, exp_avg_sq, step) | {_mib(info['adamw_bytes'])} |",
         f"| masks at 1 byte per prunable weight (the budget) | {_mib(n_prunable)} |",
-        f"| masks held while training: bool `Mask` {_mib(first['mask_bytes'])} + `MaskedParameters` copies "
-        f"{_mib(first['masked_parameters_bytes'])} ({first['masked_parameters_dtype']}) | {_mib(held)} |",
+        f"| ours: masks held while training (the `Mask` and `MaskedParameters`, one storage on CPU; "
+        f"{', '.join(first['ours']['masking_dtypes'])}) | {_mib(first['ours']['masking_bytes'])} |",
+        f"| peer: `weight_mask` buffers + the `weight` tensors its pre-hooks recompute each forward + the masks "
+        f"the hooks keep ({', '.join(first['peer']['masking_dtypes'])}) | {_mib(first['peer']['masking_bytes'])} |",
         "",
-        "| run | RSS before the model | peak, prune + rewind | peak, training | peak of the round |",
-        "|---|---|---|---|---|",
-    ]
-    for mode in MODES:
-        lines.append(
-            f"| {mode} | {_mib(phase[mode, 'baseline'])} | {_mib(phase[mode, 'prune_rewind_peak'])} | "
-            f"{_mib(phase[mode, 'train_peak'])} | {_mib(peak[mode])} |"
-        )
-    lines += [
+        "| MiB | " + " | ".join(MODES) + " |",
+        "|---" * (len(MODES) + 1) + "|",
+        row("RSS before the model", "baseline"),
+        row("peak, prune + rewind", "prune_rewind_peak"),
+        row("peak, training", "train_peak"),
+        row("**peak of the round**", "round_peak"),
         "",
-        f"**masked - dense peak: {_mib(extra)} MiB = {extra / n_prunable:.2f} bytes per prunable weight** (budget: "
-        f"1 byte; mask tensors held: {held / n_prunable:.2f} bytes per prunable weight). Training phase alone: "
-        f"{_mib(extra_training)} MiB = {extra_training / n_prunable:.2f} bytes per prunable weight.",
+        f"**ours - dense peak: {extra('ours', 'round_peak')}** (budget: 1 byte; its masking tensors: "
+        f"{held('ours')}); **peer - dense peak: {extra('peer', 'round_peak')}** (its masking tensors: "
+        f"{held('peer')}). Training phase alone: ours {extra('ours', 'train_peak')}, peer "
+        f"{extra('peer', 'train_peak')}.",
     ]
     return lines
 
@@ -224,7 +272,8 @@ def main() -> None:
         "--steps", type=int, default=2, help="optimizer steps per round (2: the first whose backward meets AdamW state)"
     )
     parser.add_argument("--repeats", type=int, default=1, help="processes per (size, run); medians are reported")
-    parser.add_argument("--gpt2-batch-size", type=int, default=2, help="blocks of 1024 tokens per step, GPT-2 small")
+    parser.add_argument("--gpt2-batch-size", type=int, default=1, help="blocks per step, GPT-2 small")
+    parser.add_argument("--gpt2-block-size", type=int, default=512, help="tokens per block, GPT-2 small")
     parser.add_argument("--sizes", nargs="+", default=["tiny", "gpt2-small"], choices=["tiny", "gpt2-small"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="smoke check: 1 step, GPT-2 small cut to 2 layers")
@@ -241,22 +290,28 @@ def main() -> None:
 
     specs = _specs(args)
     lines = [
-        "Peak resident memory (CPU RSS) of one IMP round, each run in a fresh process: the previous round leaves "
-        "AdamW's state resident, then prune + rewind (the rewind weights are read from disk), then training "
-        "through the real `Trainer` and `MaskedParameters`. Claim: peak = dense training + masks "
-        "(<= 1 byte per prunable weight). The tiny model's masks (a few MiB) are within the run-to-run noise of RSS "
-        "(raise --repeats for medians); GPT-2 small's are not.",
+        "Peak resident memory (CPU RSS) of one IMP round, each run in a fresh process with "
+        "`MALLOC_MMAP_THRESHOLD_=65536` (a freed tensor of 64 KiB or more leaves the RSS at once): the previous "
+        "round leaves AdamW's state resident, then prune + rewind (the rewind weights are read from disk), then "
+        "training through the real `Trainer`. Dense: an empty mask. Ours: `MaskedParameters`. Peer: the masking of "
+        "an IMP written on `torch.nn.utils.prune` (BERT-Tickets): `prune.custom_from_mask` on each pruned weight "
+        "after the rewind (`weight_orig`, a float32 `weight_mask` buffer and a forward pre-hook computing `weight = "
+        "weight_orig * weight_mask`), then the same `Trainer` with an empty mask; its masks are cut by our "
+        "selection, so only the masking mechanism differs (the selection benchmark compares selections, "
+        "`global_unstructured` included). Claim: ours peaks at dense training + masks (<= 1 byte per prunable "
+        "weight). The tiny model's masks (a few MiB) are within the run-to-run noise of RSS (raise --repeats for "
+        "medians); GPT-2 small's are not.",
         "",
     ]
     for size in args.sizes:
         spec = specs[size]
         runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
         for _ in range(args.repeats):
-            for mode in MODES:  # alternated, so drift in the machine's state hits both alike
+            for mode in MODES:  # alternated, so drift in the machine's state hits all alike
                 runs[mode].append(_measure({**spec, "size": size, "mode": mode, "threads": args.threads}))
                 print(f"{size} {mode}: round peak {_mib(runs[mode][-1]['round_peak'])} MiB", file=sys.stderr)
         lines += [*_report(size, spec, runs, args.quick), ""]
-    publish("Peak memory of a round: masked vs dense", lines[:-1], args.write)
+    publish("Peak memory of a round: ours vs dense vs torch.nn.utils.prune", lines[:-1], args.write)
 
 
 if __name__ == "__main__":

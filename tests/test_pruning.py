@@ -76,6 +76,53 @@ def test_other_decoder_families_prune_and_train(model):
     assert set(report.per_layer) == {"0", "1"}
 
 
+def pruned_tiny_gpt2(dtype: torch.dtype) -> tuple[GPT2LMHeadModel, Mask]:
+    model = tiny_gpt2()
+    mask = Mask.ones_like(model, prunable_weights(model, ["attention", "mlp"]))
+    mask = magnitude_prune(dict(model.named_parameters()), mask, 0.6, "global")
+    return model.to(dtype), mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_parameters_zero_exactly_the_pruned_weights_and_grads(dtype):
+    model, mask = pruned_tiny_gpt2(dtype)
+    names = list(mask)
+    for name in names[1:]:  # the first weight has no gradient (unused this step): it is skipped
+        model.get_parameter(name).grad = torch.randn_like(model.get_parameter(name))
+    weights = {n: model.get_parameter(n).detach().clone() for n in names}
+    grads = {n: model.get_parameter(n).grad.clone() for n in names[1:]}
+    masked = MaskedParameters(model, mask)
+    masked.zero_grads()
+    masked.zero_weights()
+    assert model.get_parameter(names[0]).grad is None
+    for name, m in mask.items():
+        param = model.get_parameter(name)
+        assert param.dtype == dtype and m.dtype == torch.bool
+        assert not param[~m].any() and torch.equal(param[m], weights[name][m])  # survivors bitwise unchanged
+        if name in grads:
+            assert not param.grad[~m].any() and torch.equal(param.grad[m], grads[name][m])
+    MaskedParameters(model, Mask()).zero_grads()  # an empty mask (a dense round) is a no-op
+
+
+def test_masks_follow_their_parameters_to_another_device():
+    """The parameters stay the same objects, moved (as ``model.to("cuda")`` does); "meta" stands in for a GPU."""
+    model, mask = pruned_tiny_gpt2(torch.float32)
+    masked = MaskedParameters(model, mask)
+    swapping = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)  # CPU -> meta keeps the Parameter objects
+    try:
+        model.to("meta")
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swapping)
+    masked.follow_devices()
+    assert all(param.device.type == "meta" and m.device.type == "meta" for param, m in masked.pairs)
+    for param, _ in masked.pairs:
+        param.grad = torch.ones_like(param)
+    masked.zero_grads()
+    masked.zero_weights()
+    assert all(m.device.type == "cpu" for m in mask.values())  # the caller's mask is not moved
+
+
 def test_unknown_architecture_is_a_clear_error():
     model = tiny_gpt2()
     model.config.model_type = "mamba"

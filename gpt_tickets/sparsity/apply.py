@@ -18,8 +18,8 @@ from .masks import Mask
 class MaskedParameters:
     """The model's prunable parameters paired with their masks, on the parameters' device.
 
-    Built once per round so the two calls inside the training step are a tight loop of in-place multiplies. The masks
-    stay bool (1 byte per weight; on a CPU run they share the Mask's memory), not a float copy of every weight.
+    Built once per round so each of the two calls inside the training step is one list multiply. The masks stay bool
+    (1 byte per weight; on a CPU run they share the Mask's memory), not a float copy of every weight.
     """
 
     def __init__(self, model: torch.nn.Module, mask: Mask) -> None:
@@ -40,14 +40,23 @@ class MaskedParameters:
 
     @torch.no_grad()
     def zero_weights(self) -> None:
-        for param, m in self.pairs:
-            param.mul_(m)
+        _multiply_by_masks(self.pairs)
 
     @torch.no_grad()
     def zero_grads(self) -> None:
-        for param, m in self.pairs:
-            if param.grad is not None:
-                param.grad.mul_(m)
+        _multiply_by_masks([(param.grad, m) for param, m in self.pairs if param.grad is not None])
+
+
+def _multiply_by_masks(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """``tensor *= mask`` for every pair, in one list call.
+
+    The bool masks enter as their uint8 views (no copy): torch converts a uint8 factor to the tensor's dtype on its
+    vectorised path and a bool one on a slow path (a float32 x bool multiply took ~2.3x as long on a 2-core CPU).
+    Torch fuses a list multiply into a few GPU kernels only when both lists share a dtype, which would take a float
+    copy of the masks (4 bytes per weight); with 1-byte factors it runs one multiply per weight.
+    """
+    if pairs:
+        torch._foreach_mul_([tensor for tensor, _ in pairs], [m.view(torch.uint8) for _, m in pairs])
 
 
 # Masks attached to a model outside our training loop (a loaded ticket fine-tuned with any optimizer): a global
