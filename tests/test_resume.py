@@ -160,6 +160,8 @@ if sys.argv[1] == "differ" and acc.process_index == 1:
     mask["w"][0] = False  # one process derived another mask
 check_ranks_agree(acc, "round 1", mask)
 acc.print("agreed")
+acc.wait_for_everyone()
+torch.distributed.destroy_process_group()  # gloo's threads must stop before the interpreter exits
 """
 
 

@@ -229,17 +229,22 @@ def test_a_killed_process_does_not_leave_its_directory_locked(tmp_path):
 
 
 def test_two_finds_into_one_directory_at_once_one_is_refused(tmp_path):
-    command = [sys.executable, "-m", "gpt_tickets.cli", "find", *MICRO, "--output_dir", str(tmp_path / "run")]
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "run" / "config.yaml").exists() and first.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    first.wait(timeout=300)
-    assert first.returncode == 0, first.stderr.read()
+    long_run = ["--train.steps", "5000", "--prune.rounds", "1", "--controls", "[]"]  # still running when the 2nd starts
+    run = ["--output_dir", str(tmp_path / "run")]
+    command = [sys.executable, "-m", "gpt_tickets.cli", "find", *MICRO, *long_run, *run]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / "config.yaml").exists():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert first.poll() is None, "the first run ended before the second could meet its lock"
+    finally:
+        first.kill()
+        first.wait()
     assert second.returncode == 2 and "is in use by another gpt_tickets process" in second.stderr
-    assert "Traceback" not in second.stderr
+    assert f"(pid {first.pid})" in second.stderr and "Traceback" not in second.stderr
 
 
 # ------------------------------------------------------------------------------------------------ divergence
