@@ -37,11 +37,28 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share_like_other_files(*paths: Path) -> None:
+    """Give files the mode any other new file gets (0644 under the usual umask 022).
+
+    safetensors creates its files 0600, so a ticket copied to a shared folder would be unreadable by colleagues.
+    """
+    mode = 0o666 & ~_umask()
+    for path in paths:
+        os.chmod(path, mode)
+
+
 def _written(path: Path, write) -> None:  # type: ignore[no-untyped-def]
     """Write through a temporary file renamed into place; a full disk or a read-only folder is one line."""
     tmp = _tmp_path(path)
     try:
         write(tmp)
+        share_like_other_files(tmp)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)

@@ -1,6 +1,8 @@
 """The exported ticket: repo layout, bit-packed masks, the compact encoding and the model card."""
 
 import json
+import os
+import stat
 from importlib.metadata import version
 from pathlib import Path
 
@@ -173,3 +175,18 @@ def test_compact_file_holds_kept_values_plus_rest_of_model(micro_run):
                 assert compact.get_slice(name).get_shape() == [int(mask[name].sum())]
             else:
                 assert torch.equal(compact.get_tensor(name), dense.get_tensor(name))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_exported_and_run_files_get_the_mode_of_any_new_file(micro_run, tmp_path, umask):
+    """safetensors creates files 0600: a ticket copied to a shared folder must be as readable as its README."""
+    cfg, _, mask, model, tokenizer = run_artifacts(micro_run)
+    previous = os.umask(umask)
+    try:
+        folder = export_ticket(model, tokenizer, mask, cfg, tmp_path / "ticket", weights_format="both")
+        mask.save(tmp_path / "mask.safetensors")
+    finally:
+        os.umask(previous)
+    files = [*folder.iterdir(), tmp_path / "mask.safetensors"]
+    assert {p.name for p in files} >= {"model.safetensors", "ticket_masks.safetensors", "ticket_compact.safetensors"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o666 & ~umask for p in files}

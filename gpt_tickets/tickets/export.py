@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config.schema import RunConfig
 from ..errors import TicketError
-from ..io import atomic_write_json, atomic_write_text, replace_dir
+from ..io import atomic_write_json, atomic_write_text, replace_dir, share_like_other_files
 from ..sparsity.masks import Mask, first_stray_weight, mask_checksum
 from ..sparsity.report import sparsity_report
 from .card import model_card
@@ -102,5 +102,6 @@ def export_ticket(
     tcfg = ticket_config(cfg, mask, model.config.model_type, weights_format, val_perplexity, dense_val_perplexity)
     atomic_write_json(tcfg.to_dict(), tmp / TICKET_CONFIG_FILE)
     atomic_write_text(model_card(cfg, tcfg, history), tmp / "README.md")
+    share_like_other_files(*(p for p in tmp.iterdir() if p.is_file()))  # save_pretrained's weights come 0600
     replace_dir(tmp, out_dir)
     return out_dir
