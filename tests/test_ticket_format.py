@@ -190,3 +190,14 @@ def test_exported_and_run_files_get_the_mode_of_any_new_file(micro_run, tmp_path
     files = [*folder.iterdir(), tmp_path / "mask.safetensors"]
     assert {p.name for p in files} >= {"model.safetensors", "ticket_masks.safetensors", "ticket_compact.safetensors"}
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o666 & ~umask for p in files}
+
+
+def test_a_compact_only_card_does_not_claim_plain_transformers(micro_run, tmp_path):
+    cfg, _, mask, model, tokenizer = run_artifacts(micro_run)
+    folder = export_ticket(model, tokenizer, mask, cfg, tmp_path / "t", weights_format="compact")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name is None and card.data.pipeline_tag is None
+    assert "holds only the compact encoding" in card.text and "AutoModelForCausalLM" not in card.text
+    assert "pypi.org" not in card.text  # the package has no index page to link to
+    dense = ModelCard.load(micro_run / "ticket" / "README.md")  # format both: plain transformers loads it
+    assert (dense.data.library_name, dense.data.pipeline_tag) == ("transformers", "text-generation")

@@ -31,12 +31,17 @@ def hub_base_model(cfg: RunConfig) -> str | None:
     return name
 
 
+def loads_with_transformers(tcfg: TicketConfig) -> bool:
+    return tcfg.weights_format in ("dense", "both")
+
+
 def card_metadata(cfg: RunConfig, tcfg: TicketConfig) -> ModelCardData:
     dataset_type, dataset_name = _dataset(cfg)
     split = cfg.data.validation_split if cfg.data.source != "files" else "validation"
     return ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-generation",
+        # Only a folder with dense weights loads with plain transformers (and runs in the Hub's widget).
+        library_name="transformers" if loads_with_transformers(tcfg) else None,
+        pipeline_tag="text-generation" if loads_with_transformers(tcfg) else None,
         base_model=hub_base_model(cfg),
         tags=TAGS,
         datasets=[cfg.data.name] if cfg.data.source == "hub" else None,
@@ -68,7 +73,7 @@ def model_card(cfg: RunConfig, tcfg: TicketConfig, history: str = "") -> str:
     repo = cfg.export.push_to_hub or "path/to/ticket"
     rewind = "initialisation" if cfg.prune.rewind_step == 0 else f"step {cfg.prune.rewind_step} of dense training"
     origin = f"`{cfg.model.name_or_path}`" if cfg.model.init == "pretrained" else "a model trained from scratch"
-    has_dense = tcfg.weights_format in ("dense", "both")
+    has_dense = loads_with_transformers(tcfg)
     transformers_way = (
         f"""```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -89,7 +94,7 @@ tokenizer = AutoTokenizer.from_pretrained("{repo}")
 
 # Lottery ticket: {tcfg.sparsity["overall"]:.1%} sparse, validation perplexity {_perplexity(tcfg.val_perplexity)}
 
-A sparse subnetwork of {origin} found by [gpt_tickets](https://pypi.org/project/gpt-tickets/) with iterative
+A sparse subnetwork of {origin} found by gpt_tickets (a Python package) with iterative
 magnitude pruning and rewinding (Frankle & Carbin 2018; Frankle et al. 2020): {cfg.prune.rounds} rounds, each
 pruning {cfg.prune.fraction:.0%} of the remaining {", ".join(cfg.prune.groups)} weights ({cfg.prune.scope} scope) by
 magnitude, rewinding the survivors to {rewind} and retraining {cfg.train.steps} steps (seed {cfg.seed}). The dense
