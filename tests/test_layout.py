@@ -21,6 +21,7 @@ LAYERS = {
     "reporting": 1,
     "errors": 0,
     "io": 0.25,
+    "quiet": 0.25,
     "tickets.format": 0.5,  # the format's names and allowed values: a leaf, so config can check against them
 }
 

@@ -294,3 +294,18 @@ def test_bf16_mixed_precision_keeps_masks_exact(micro, tmp_path):
         saved = load_file(str(path))
         assert all(not saved[name][~m].any() and saved[name][m].count_nonzero() == m.sum() for name, m in masks.items())
     assert json.loads(run.results.read_text())["rounds"][2]["sparsity"] == 0.75
+
+
+def test_a_redirected_run_log_has_no_bars_and_no_harmless_warnings(micro, tmp_path):
+    """stderr is a file here, as in a cluster job's log: one result line per phase on stdout, nothing on stderr."""
+    result = run_cli("find", *micro, "--train.checkpoint_every", "4")  # checkpoints: accelerate's tied-weight warning
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no progress bars, no "Removed shared tensor", no "loss_type=None"
+    phases = [line for line in result.stdout.splitlines() if "val perplexity" in line]
+    assert [line.split(":")[0] for line in phases] == [
+        "round 0",
+        "round 1",
+        "round 2",
+        "branch random_reinit round_2-seed_1",
+        "branch random_prune round_2-seed_1",
+    ]

@@ -12,6 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import DataError
+from ..quiet import library_bars_off
 
 
 def _content_fingerprint(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase) -> str:
@@ -48,14 +49,14 @@ def group_into_blocks(texts: list[str], tokenizer: PreTrainedTokenizerBase, bloc
     if tokenizer.eos_token_id is None:
         raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no eos token to end documents with")
     ds = datasets.Dataset.from_dict({"text": list(texts)})
-    ds = ds.map(
-        _tokenize_documents(tokenizer.eos_token_id, tokenizer),
-        batched=True,
-        remove_columns=["text"],
-        keep_in_memory=True,
-        new_fingerprint=_content_fingerprint(texts, tokenizer),
-        desc="tokenizing",
-    )
+    with library_bars_off():  # seconds of work: its bar would only be noise in the run's log
+        ds = ds.map(
+            _tokenize_documents(tokenizer.eos_token_id, tokenizer),
+            batched=True,
+            remove_columns=["text"],
+            keep_in_memory=True,
+            new_fingerprint=_content_fingerprint(texts, tokenizer),
+        )
     # No rows means map never ran and there is no input_ids column.
     flat = pc.list_flatten(ds.data.column("input_ids")).to_numpy() if ds.num_rows else np.zeros(0, np.int64)
     n_blocks = len(flat) // block_size

@@ -24,8 +24,10 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None, see
     """
     if cfg.init == "pretrained":
         try:
-            return AutoModelForCausalLM.from_pretrained(
-                cfg.name_or_path, revision=cfg.revision, use_safetensors=True, trust_remote_code=False
+            return _with_causal_loss(
+                AutoModelForCausalLM.from_pretrained(
+                    cfg.name_or_path, revision=cfg.revision, use_safetensors=True, trust_remote_code=False
+                )
             )
         except Exception as err:  # transformers raises OSError, ValueError, EnvironmentError ... here
             raise ConfigError(
@@ -37,9 +39,17 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None, see
         cfg, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
     )
     try:
-        return random_init(config, seed)
+        return _with_causal_loss(random_init(config, seed))
     except ConfigError as err:
         raise ConfigError(f"model.config={cfg.config} is not valid for {cfg.model_type}: {err}") from None
+
+
+def _with_causal_loss(model: PreTrainedModel) -> PreTrainedModel:
+    """Name the loss transformers falls back to anyway: GPT-2's class name names none, so the first forward would
+    warn that ``loss_type=None`` is unrecognized (a warning newcomers read as an error)."""
+    if getattr(model, "loss_type", None) is None:
+        model.loss_type = "ForCausalLM"
+    return model
 
 
 def random_init(config: PretrainedConfig, seed: int) -> PreTrainedModel:

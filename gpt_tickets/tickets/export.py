@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..config.schema import RunConfig
 from ..errors import TicketError
 from ..io import atomic_write_json, atomic_write_text, replace_dir, share_like_other_files
+from ..quiet import library_bars_off
 from ..sparsity.masks import Mask, first_stray_weight, mask_checksum
 from ..sparsity.report import sparsity_report
 from .card import model_card
@@ -97,7 +98,8 @@ def export_ticket(
         raise TicketError(f"weight {stray[0]!r} is non-zero where its mask is 0; refusing to export")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_weights(model, mask, tmp, weights_format)
+    with library_bars_off():
+        write_weights(model, mask, tmp, weights_format)
     tokenizer.save_pretrained(tmp)
     tcfg = ticket_config(cfg, mask, model.config.model_type, weights_format, val_perplexity, dense_val_perplexity)
     atomic_write_json(tcfg.to_dict(), tmp / TICKET_CONFIG_FILE)

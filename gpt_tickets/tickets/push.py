@@ -3,30 +3,16 @@ bounded in time (``hub.hub_timeout``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HTTPError
-from transformers.utils import logging as hf_logging
 
 from ..errors import TicketError, first_line
+from ..quiet import library_bars_off
 from ..sparsity.apply import detach_masks
 from .hub import TICKET_FILE_PATTERNS, hub_timeout, no_answer, timed_out, timeout_seconds
 from .load import load_ticket
-
-
-@contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """The check loads the model: its "Loading weights" bar would sit above a push's one-line answer."""
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def require_token(token: str | None = None) -> str:
@@ -59,7 +45,7 @@ def push_ticket(
     """
     token = require_token(token)
     folder = Path(folder)
-    with _no_progress_bars():
+    with library_bars_off():  # the check loads the model: no bar above a push's one-line answer
         checked = load_ticket(folder)  # the checks a downloader's load_ticket makes, before any upload work
     detach_masks(checked)
     if constants.HF_HUB_OFFLINE:

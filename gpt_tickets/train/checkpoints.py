@@ -18,6 +18,7 @@ from accelerate import Accelerator
 
 from ..errors import RunError, first_line
 from ..io import read_checked_json, write_checked_json
+from ..quiet import silenced
 
 KEEP = 2
 MANIFEST = "gpt_tickets_manifest.json"
@@ -74,7 +75,9 @@ class Checkpoints:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.acc.wait_for_everyone()
         try:
-            self.acc.save_state(str(tmp), safe_serialization=True)
+            # accelerate warns at every save that the tied lm_head is stored once: true, and harmless.
+            with silenced("accelerate.utils.other"):
+                self.acc.save_state(str(tmp), safe_serialization=True)
             self.acc.wait_for_everyone()
             if self.acc.is_main_process:
                 write_checked_json({"phase": phase, "step": step, "files": _files(tmp)}, tmp / MANIFEST)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..config.schema import TrainConfig
 from ..errors import RunError
+from ..quiet import interactive
 from ..sparsity.apply import MaskedParameters
 
 
@@ -109,7 +110,8 @@ class Trainer:
         start, step, loss_sum = time.perf_counter(), start_step, torch.tensor(float("nan"))
         finite = torch.ones((), dtype=torch.bool, device=acc.device)  # read once at the end: no sync per step
         # A context manager: a phase stopped by an error clears its bar, so the error's line stands alone.
-        with tqdm(total=cfg.steps, initial=step, desc=desc, disable=not acc.is_local_main_process, leave=False) as bar:
+        drawn = acc.is_local_main_process and interactive()  # a redirected log gets the phase's one result line
+        with tqdm(total=cfg.steps, initial=step, desc=desc, disable=not drawn, leave=False) as bar:
             batches = self._batches(start_step)
             while step < cfg.steps:
                 loss_sum = torch.zeros((), device=acc.device)
