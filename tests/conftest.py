@@ -50,3 +50,15 @@ def table_rows(text: str) -> list[list[str]]:
         if line.startswith("|") and not set(line) <= set("|-: "):
             rows.append([cell.strip() for cell in line.strip("|").split("|")])
     return rows
+
+
+def flip_a_bit(path) -> None:
+    """One bit of the data near the end of a file, as a bad sector or a faulty copy would: the file still loads."""
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The CLI's one-line errors in ``stderr``."""
+    return [line for line in stderr.splitlines() if line.startswith("gpt-tickets: error")]

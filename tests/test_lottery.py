@@ -20,7 +20,7 @@ from gpt_tickets.sparsity.masks import Mask
 from gpt_tickets.tickets.encoding import load_packed_masks
 from gpt_tickets.train.trainer import Trainer
 
-from .conftest import table_rows
+from .conftest import error_lines, table_rows
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(micro, tmp_path, args, me
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    assert len([line for line in result.stderr.splitlines() if line.startswith("gpt-tickets: error")]) == 1
+    assert len(error_lines(result.stderr)) == 1
     assert not (tmp_path / "run").exists()
 
 

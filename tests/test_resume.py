@@ -13,7 +13,7 @@ import torch
 
 from gpt_tickets.sparsity.masks import Mask
 
-from .conftest import MICRO
+from .conftest import MICRO, flip_a_bit
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "find_ticket.py"
 RESUMABLE = [*MICRO, "--train.checkpoint_every", "2"]
@@ -103,12 +103,6 @@ def test_kill_9_mid_round_then_rerun_ends_identical(tmp_path, reference):
 
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def flip_a_bit(path: Path) -> None:  # a file that still loads, with one weight changed
-    data = bytearray(path.read_bytes())
-    data[-3] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("damage", [truncate, flip_a_bit], ids=["truncated", "one-bit"])

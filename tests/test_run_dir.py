@@ -17,7 +17,7 @@ from gpt_tickets.errors import ConfigError, RunError
 from gpt_tickets.lottery import RunDir, find_ticket
 from gpt_tickets.lottery.results import RoundResult, RunResults
 
-from .conftest import MICRO
+from .conftest import MICRO, error_lines, flip_a_bit
 
 # Every kind of write a run makes: round and branch files, checkpoints inside phases, the ticket, results.
 KILLED = [*MICRO, "--prune.rounds", "1", "--controls", "[random_prune]", "--train.checkpoint_every", "4"]
@@ -116,13 +116,6 @@ def test_a_kill_at_every_write_boundary_resumes_to_the_identical_run(tmp_path, o
 # ------------------------------------------------------------------------------------------- damage on disk
 
 
-def flip_a_bit(path: pathlib.Path) -> None:
-    """One bit of the data near the end of the file, as a bad sector or a faulty copy would."""
-    data = bytearray(path.read_bytes())
-    data[-3] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 def rewrite_number(path: pathlib.Path) -> None:
     path.write_text(path.read_text().replace('"train_steps": 8', '"train_steps": 9'))
 
@@ -164,7 +157,7 @@ def test_damage_a_run_cannot_recompute_stops_it_in_one_line(micro_run, tmp_path,
     else:
         argv = ["branch", str(run), "random_prune", "--round", "1", "--seed", "5"]
     assert main(argv) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gpt-tickets: error")]
+    errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and message in errors[0], errors
     assert not (run / "branches" / "random_prune" / "round_1-seed_5").exists()
 
@@ -255,7 +248,7 @@ def test_a_non_finite_loss_stops_the_round_in_one_line(tmp_path, capsys):
 
     run = tmp_path / "run"
     assert main(["find", *MICRO, "--output_dir", str(run), "--train.lr", "1e30"]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gpt-tickets: error")]
+    errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and "round 0: the training loss became non-finite" in errors[0]
     assert not (run / "round_0" / "result.json").exists() and not (run / "round_0" / "trained.safetensors").exists()
 
@@ -276,7 +269,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(run_io, "save_file", no_space)
     run = tmp_path / "run"
     assert main(["find", *MICRO, "--output_dir", str(run)]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gpt-tickets: error")]
+    errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and "init.safetensors: no space left on the device" in errors[0], errors
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]  # the partial file is not left behind
 
@@ -292,6 +285,6 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, 
     monkeypatch.setattr(Accelerator, "save_state", failing_save_state)
     run = tmp_path / "run"
     assert main(["find", *MICRO, "--output_dir", str(run), "--train.checkpoint_every", "4"]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gpt-tickets: error")]
+    errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and "cannot write checkpoint" in errors[0] and "MiB free on its device" in errors[0]
     assert not (run / "checkpoints" / ".0.tmp").exists()

@@ -130,10 +130,16 @@ class RunContext:
 
     def _save_run_files(self, tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> None:
         """The tokenizer (init=scratch) and the initial weights: rewritten when missing or damaged, since the ones
-        in memory are what the config and seed determine."""
+        in memory are what the config and seed determine.
+
+        Only round 0 reads the initial weights, so once it has finished they are not read (a full read of a large
+        model's weights at every resume) just to be checked.
+        """
         run = self.run_dir
         if self.cfg.model.init == "scratch":
             save_tokenizer(tokenizer, run.tokenizer)
+        if RunDir.done(run.round(0)).exists():
+            return
         try:
             load_tensors(run.init)
         except RunError:
