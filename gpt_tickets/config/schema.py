@@ -8,6 +8,7 @@ the branch registry, when a run starts).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -43,7 +44,10 @@ def check(ok: bool, message: str) -> None:
 
 
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    check(value in allowed, f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"{key}={value!r} is not allowed; {hint}choose one of {', '.join(allowed)}")
 
 
 @dataclass

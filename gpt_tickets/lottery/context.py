@@ -44,6 +44,8 @@ class Phase:
         log_offset: tracker steps before this phase, so phases follow each other on one axis.
         keep_trained: save the trained weights (a round's, from which the next round prunes).
         save_rewind_at: save the weights at this step as the run's rewind point (round 0 only).
+        data_seed: the seed shuffling its data (None: the run's seed, the order every round sees).
+        data_offset: optimizer steps of the data stream skipped before its first batch (0: from the start).
     """
 
     key: str
@@ -52,6 +54,8 @@ class Phase:
     log_offset: int = 0
     keep_trained: bool = False
     save_rewind_at: int | None = None
+    data_seed: int | None = None
+    data_offset: int = 0
 
 
 @dataclass
@@ -187,7 +191,14 @@ class RunContext:
                     raise diverged(phase.key, loss)
                 self.checkpoints.save(phase.key, step)
 
-        outcome = self.trainer.train(MaskedParameters(self.model, mask), on_step, desc=phase.key, start_step=start)
+        outcome = self.trainer.train(
+            MaskedParameters(self.model, mask),
+            on_step,
+            desc=phase.key,
+            start_step=start,
+            data_seed=phase.data_seed,
+            data_offset=phase.data_offset,
+        )
         ppl = perplexity(
             self.trainer.model,
             self.val_ids,

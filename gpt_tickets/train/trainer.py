@@ -69,6 +69,7 @@ class Trainer:
 
         # The schedule is not prepared: Accelerate would step it once per process per call.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay)
+        self.seed = seed
         self.sampler = EpochPermutation(len(train_blocks), seed)
         loader = DataLoader(train_blocks, batch_size=self.micro_batch, sampler=self.sampler, drop_last=True)
         self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
@@ -82,7 +83,7 @@ class Trainer:
         self.scheduler.load_state_dict(copy.deepcopy(self._fresh[1]))
 
     def _batches(self, start_step: int) -> Iterator[torch.Tensor]:
-        """Micro-batches from optimizer step ``start_step`` on, across epochs, in the fixed order."""
+        """Micro-batches from optimizer step ``start_step`` of the data stream on, across epochs, in the fixed order."""
         micro = start_step * self.accumulation
         epoch, skip = divmod(micro, len(self.loader))
         while True:
@@ -96,13 +97,18 @@ class Trainer:
         on_step: Callable[[int, torch.Tensor], None] | None = None,
         desc: str = "train",
         start_step: int = 0,
+        data_seed: int | None = None,
+        data_offset: int = 0,
     ) -> TrainOutcome:
         """Train up to ``cfg.steps`` optimizer steps; ``on_step(step, loss)`` runs after each one (loss: a tensor,
         read only when needed, since reading it waits for the device).
 
         ``start_step > 0`` continues a round whose model, optimizer and schedule were restored from a checkpoint.
+        The batches are those of the data stream shuffled by ``data_seed`` (None: the run's seed, the order every
+        round sees) from step ``data_offset + start_step`` on, so a phase may see other data or later data.
         """
         acc, model, cfg = self.accelerator, self.model, self.cfg
+        self.sampler.seed = self.seed if data_seed is None else data_seed
         if start_step == 0:
             self.reset()
         masked.zero_weights()
@@ -112,7 +118,7 @@ class Trainer:
         # A context manager: a phase stopped by an error clears its bar, so the error's line stands alone.
         drawn = acc.is_local_main_process and interactive()  # a redirected log gets the phase's one result line
         with tqdm(total=cfg.steps, initial=step, desc=desc, disable=not drawn, leave=False) as bar:
-            batches = self._batches(start_step)
+            batches = self._batches(data_offset + start_step)
             while step < cfg.steps:
                 loss_sum = torch.zeros((), device=acc.device)
                 for i in range(self.accumulation):  # gradient accumulation by hand: explicit and resumable

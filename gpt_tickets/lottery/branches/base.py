@@ -74,6 +74,10 @@ class Branch(ABC):
     description: ClassVar[str]
     Params: ClassVar[type[BranchParams]] = BranchParams
 
+    def data_seed(self, params: BranchParams) -> int | None:
+        """The seed of the branch's data order; None (the default) trains on the ticket's own data order."""
+        return None
+
     @abstractmethod
     def start(self, source: FinishedRound, params: BranchParams) -> tuple[dict[str, torch.Tensor], Mask]:
         """The start weights (every parameter of the model) and the mask to train them under."""

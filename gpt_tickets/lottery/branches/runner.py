@@ -34,7 +34,13 @@ def train_branch(ctx: RunContext, branch: Branch, params: BranchParams, log_offs
         load_parameters(ctx.model, weights)
         return mask
 
-    phase = Phase(key=f"branch {branch.name} {params.key()}", folder=folder, start=start, log_offset=log_offset)
+    phase = Phase(
+        key=f"branch {branch.name} {params.key()}",
+        folder=folder,
+        start=start,
+        log_offset=log_offset,
+        data_seed=branch.data_seed(params),
+    )
     trained = ctx.train(phase)
     result = BranchResult.measured(
         trained.mask,
