@@ -102,7 +102,7 @@ def _eval(args: argparse.Namespace, rest: list[str]) -> int:
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
-        print(f"perplexity on {source.describe()}, {state.num_processes} process(es)\n")
+        print(f"perplexity on {source.describe()}, {state.num_processes} process(es), {set_intra_op_threads()}\n")
         print(results_table(results))
         if saved:
             print(f"saved: {saved}")
@@ -161,6 +161,7 @@ def _add_push(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentPa
     push.add_argument("--repo-id", required=True, help="Hub repo, org/name (created when missing)")
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--revision", default=None, help="branch to commit to (created when missing)")
+    from .threads import set_intra_op_threads
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     push.add_argument("--commit-message", default=None, help="commit message (default names the sparsity)")
     push.add_argument(

@@ -169,7 +169,8 @@ def test_json_equals_the_function_and_the_reference(paths: dict[str, str], capsy
 def test_table_shows_each_model_and_the_ticket_sparsity(paths: dict[str, str], capsys: pytest.CaptureFixture) -> None:
     out = _run(["--model", paths["dense"], paths["ticket"], "--files", paths["text"]], capsys)
     sparsity = json.loads(Path(paths["ticket"], TICKET_CONFIG_FILE).read_text())["sparsity"]
-    assert out.startswith(f"perplexity on {paths['text']}, 1 process(es)\n")
+    assert out.startswith(f"perplexity on {paths['text']}, 1 process(es), ")
+    assert f"{torch.get_num_threads()} thread" in out.splitlines()[0]  # the intra-op threads, logged
     lines = out.splitlines()
     header = [cell.strip() for cell in lines[2].strip("|").split("|")]
     assert header == [

@@ -22,6 +22,7 @@ LAYERS = {
     "errors": 0,
     "io": 0.25,
     "quiet": 0.25,
+    "threads": 0.25,
     "tickets.format": 0.5,  # the format's names and allowed values: a leaf, so config can check against them
 }
 

@@ -122,6 +122,7 @@ def test_two_processes_over_gloo_match_one_process(tmp_path, reference):
     result = find(tmp_path / "run", launcher=launcher, env={"ACCELERATE_USE_CPU": "true"})
     assert result.returncode == 0, result.stderr
     assert "2 per device x 2 processes x 1 accumulation" in result.stdout
+    assert "1 thread per process (OMP_NUM_THREADS)" in result.stdout  # the launcher's choice, respected and logged
     summary = json.loads((tmp_path / "run" / "results.json").read_text())
     assert summary["num_processes"] == 2  # world size 2 was really reached
     entries, masks = outcome(tmp_path / "run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
 from pathlib import Path
 
@@ -64,11 +65,26 @@ def load_pretrained_tokenizer(name_or_path: str, revision: str | None = None) ->
         ) from err
 
 
+def save_pretrained_portable(tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """``save_pretrained``, naming a tokenizer class that transformers 4.x knows too.
+
+    transformers 5 names a tokenizer built from a ``tokenizers`` object ``TokenizersBackend``, a class 4.x lacks
+    (it refuses the folder); ``PreTrainedTokenizerFast`` reads the same ``tokenizer.json`` in both.
+    """
+    tokenizer.save_pretrained(folder)
+    config_file = Path(folder) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config.pop("backend", None)
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
     """Save into ``folder`` atomically, and only when what is there differs (missing, damaged, another tokenizer)."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(tmp)
+    save_pretrained_portable(tokenizer, tmp)
     names = sorted(p.name for p in tmp.iterdir())
     same = folder.is_dir() and sorted(p.name for p in folder.iterdir()) == names
     if same and filecmp.cmpfiles(tmp, folder, names, shallow=False)[0] == names:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, TicketError, first_line
 from ..reporting.tables import markdown_table
+from ..threads import set_intra_op_threads
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -246,6 +247,7 @@ def evaluate_models(
     Bad input raises ``ConfigError`` with a one-line message. Every process returns the same results.
     """
     _check_numbers(max_length, stride, batch_size)
+    set_intra_op_threads()
     plans = [_plan(model_id, max_length, stride) for model_id in model_ids]
     accelerator = accelerator or _accelerator()
     with accelerator.main_process_first():  # the first process fills the datasets cache, the others read it
@@ -263,6 +265,7 @@ def evaluate_texts(
 ) -> ModelPerplexity:
     """``evaluate_models`` for one model on texts already in memory (what the ``evaluate`` module calls)."""
     _check_numbers(max_length, stride, batch_size)
+    set_intra_op_threads()
     return _score(_plan(model_id, max_length, stride), list(texts), batch_size, accelerator or _accelerator())
 
 

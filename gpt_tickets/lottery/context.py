@@ -27,6 +27,7 @@ from ..models.families import prunable_weights
 from ..models.params import save_parameters
 from ..sparsity.apply import MaskedParameters
 from ..sparsity.masks import Mask, mask_checksum
+from ..threads import set_intra_op_threads
 from ..train.checkpoints import Checkpoints
 from ..train.trainer import Trainer, TrainOutcome, diverged
 from .results import PhaseResult
@@ -82,6 +83,7 @@ class RunContext:
     def __init__(self, cfg: RunConfig, acc: Accelerator, claim: bool = True) -> None:
         self.cfg, self.acc, self.run_dir = cfg, acc, RunDir(cfg.output_dir)
         run = self.run_dir
+        threads = set_intra_op_threads()
         micro, accumulation = cfg.train.batch_layout(acc.num_processes)  # before writes, like everything below
         if claim:
             run.check_writable()
@@ -129,7 +131,7 @@ class RunContext:
             f"gpt_tickets: {sum(p.numel() for p in self.model.parameters()):,} parameters, "
             f"{self.full_mask.numel():,} prunable; {len(train_blocks)} train blocks x {cfg.data.block_size} tokens; "
             f"global batch {cfg.train.batch_size} = {micro} per device x {acc.num_processes} "
-            f"processes x {accumulation} accumulation; run dir {run.root}"
+            f"processes x {accumulation} accumulation; {threads}; run dir {run.root}"
         )
 
     def _save_run_files(self, tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> None:

@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config.schema import RunConfig
+from ..data.tokenizer import save_pretrained_portable
 from ..errors import TicketError
 from ..io import atomic_write_json, atomic_write_text, replace_dir, share_like_other_files
 from ..quiet import library_bars_off
@@ -100,7 +101,7 @@ def export_ticket(
     shutil.rmtree(tmp, ignore_errors=True)
     with library_bars_off():
         write_weights(model, mask, tmp, weights_format)
-    tokenizer.save_pretrained(tmp)
+    save_pretrained_portable(tokenizer, tmp)
     tcfg = ticket_config(cfg, mask, model.config.model_type, weights_format, val_perplexity, dense_val_perplexity)
     atomic_write_json(tcfg.to_dict(), tmp / TICKET_CONFIG_FILE)
     atomic_write_text(model_card(cfg, tcfg, history), tmp / "README.md")
