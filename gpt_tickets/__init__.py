@@ -10,6 +10,7 @@ from .errors import ConfigError, TicketError
 _LAZY = {
     "find_ticket": "lottery.imp",
     "run_branch": "lottery.branches.runner",
+    "report": "lottery.combine",
     "RunResults": "lottery.results",
     "load_ticket": "tickets.load",
     "load_ticket_tokenizer": "tickets.load",

@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import re
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .config import load_config
+from .config.loading import load_yaml
+from .config.schema import check_seeds
 from .errors import ConfigError, RunError, TicketError
+
+if TYPE_CHECKING:
+    from .lottery.branches.base import Branch
 
 
 def _find(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -55,35 +63,108 @@ def _add_find(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentPa
 
 
 def _branch(args: argparse.Namespace, rest: list[str]) -> int:
+    seeds = _seeds(args.seeds)  # before the heavy imports
+
     from accelerate import PartialState
 
+    from .lottery.branches.registry import get_branch
     from .lottery.branches.runner import run_branch
     from .reporting.tables import results_table
 
-    result = run_branch(args.run_dir, args.name, round=args.round, seed=args.seed)
+    own = _branch_flags(get_branch(args.name), rest)
+    results = run_branch(args.run_dir, args.name, round=args.round, seeds=seeds, **own)
     if PartialState().is_main_process:
-        print(results_table([result]))
+        print(results_table(results))
     return 0
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    """``--seeds 1,2,3``: distinct integers 0..2**63-1."""
+    if text is None:
+        return None
+    if not all(re.fullmatch(r"\s*-?\d+\s*", piece) for piece in text.split(",")):
+        raise ConfigError(f"--seeds={text!r} is not a comma-separated list of integers; e.g. --seeds 1,2,3")
+    seeds = [int(piece) for piece in text.split(",")]
+    check_seeds("--seeds", seeds)
+    return seeds
+
+
+def _branch_flags(branch: Branch, tokens: list[str]) -> dict[str, Any]:
+    """The branch's own parameters (its Params fields beyond round and seed) from ``--name VALUE`` flags: derived from
+    the dataclass, so a new branch needs no edit here. Values are read as YAML scalars, as config overrides are, and
+    checked by the Params dataclass."""
+    flags = {f"--{name}": name for name in branch.own_params()}
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    for flag, name in flags.items():
+        parser.add_argument(flag, dest=name, default=argparse.SUPPRESS)
+    try:
+        given, unknown = parser.parse_known_args(tokens)
+    except argparse.ArgumentError as err:
+        raise ConfigError(f"branch {branch.name}: {err}") from None
+    if unknown:
+        close = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(
+            f"unrecognized arguments for branch {branch.name}: {' '.join(unknown)}; {hint}its own parameters: "
+            f"{', '.join(flags) or 'none beyond --round and --seeds'}"
+        )
+    return {name: load_yaml(value, f"--{name}") for name, value in vars(given).items()}
 
 
 def _add_branch(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     branch = sub.add_parser(
         name,
         help="train a branch (a control) from a finished round of a run",
-        description="Trains a branch from a finished round: random_reinit (the round's mask on freshly initialised "
-        "weights), random_prune (random masks with the round's per-matrix sparsity, on the rewind weights). The "
-        "result lives in RUN_DIR/branches/NAME/round_R-seed_S/; a finished branch is read back, a killed one resumes.",
+        description="Trains a branch from a finished round, once per seed: random_reinit (the round's mask on freshly "
+        "initialised weights), random_prune (random masks with the round's per-matrix sparsity, on the rewind "
+        "weights), rewind_step (the round's mask on round 0's weights at step --rewind K, one of 0, "
+        "prune.rewind_step and prune.rewind_points; the seed sets the data order), dense_long (the dense model "
+        "trained (R + 1) x train.steps steps in R + 1 segments, evaluated after each). A branch's own parameters "
+        "are flags named as its parameters (--rewind 50). Each result lives in RUN_DIR/branches/NAME/<its "
+        "parameters>/, e.g. round_2-seed_1/ or round_2-seed_0-rewind_50/; a finished branch is read back, a killed "
+        "one resumes.",
         allow_abbrev=False,
     )
     branch.add_argument("run_dir", help="the output_dir of a `gpt-tickets find` run")
-    branch.add_argument("name", help="branch name: random_reinit, random_prune (an unknown name lists them all)")
+    branch.add_argument(
+        "name", help="random_reinit, random_prune, rewind_step or dense_long (an unknown name lists them all)"
+    )
     branch.add_argument("--round", type=int, default=None, help="finished round to start from (default: the last)")
-    branch.add_argument("--seed", type=int, default=None, help="the branch's seed (default: the run's seed + 1)")
+    branch.add_argument(
+        "--seeds", default=None, help="the branch's seeds, comma-separated, e.g. 1,2,3 (default: run seed + 1, + 2)"
+    )
+    branch.set_defaults(takes_overrides=True)  # the branch's own parameters, read once the branch is known
     return branch
+
+
+def _report(args: argparse.Namespace, rest: list[str]) -> int:
+    from .lottery.combine import report
+    from .reporting.summary import render_markdown
+
+    summary, path = report(args.run_dirs, out=args.out)
+    print(render_markdown(summary))
+    print(f"report: {path}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    rep = sub.add_parser(
+        name,
+        help="the results of one or several runs (seeds) with each group's mean and spread",
+        description="Reads every finished round and branch of each RUN_DIR (each result checked against its digest) "
+        "and prints every seed's row and, for each round and each branch with the same parameters, the mean, sample "
+        "standard deviation, min and max of validation perplexity over seeds. The runs must be replicates: the same "
+        "config but the seed. Writes the tables to OUT/report.md.",
+        allow_abbrev=False,
+    )
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output_dirs of `gpt-tickets find` runs")
+    rep.add_argument("--out", default=None, help="folder of report.md (default: the first RUN_DIR's report/)")
+    return rep
 
 
 def _eval(args: argparse.Namespace, rest: list[str]) -> int:
     from .eval.models import TextSource, evaluate_models, results_table, save_results
+    from .threads import set_intra_op_threads
 
     source = TextSource(args.dataset, args.dataset_config, args.split, args.files or [], args.text_column)
     results = evaluate_models(args.model, source, args.max_length, args.stride, args.batch_size)
@@ -161,7 +242,6 @@ def _add_push(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentPa
     push.add_argument("--repo-id", required=True, help="Hub repo, org/name (created when missing)")
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--revision", default=None, help="branch to commit to (created when missing)")
-    from .threads import set_intra_op_threads
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     push.add_argument("--commit-message", default=None, help="commit message (default names the sparsity)")
     push.add_argument(
@@ -176,6 +256,7 @@ Command = tuple[Callable[[argparse._SubParsersAction, str], argparse.ArgumentPar
 COMMANDS: dict[str, Command] = {
     "find": (_add_find, _find),
     "branch": (_add_branch, _branch),
+    "report": (_add_report, _report),
     "eval": (_add_eval, _eval),
     "push": (_add_push, _push),
 }
@@ -195,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     try:
-        if rest and not getattr(args, "takes_overrides", False):  # only find takes dotted config overrides
+        if rest and not getattr(args, "takes_overrides", False):  # find: config overrides; branch: its parameters
             raise ConfigError(f"unrecognized arguments for {args.command}: {' '.join(rest)}")
         return args.run(args, rest)
     except (ConfigError, RunError, TicketError) as err:

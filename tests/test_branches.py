@@ -87,14 +87,14 @@ def test_rerunning_a_finished_branch_trains_nothing(micro_run, tmp_path, monkeyp
     run = tmp_path / "run"
     shutil.copytree(micro_run, run)
     monkeypatch.setattr(Trainer, "__init__", lambda *a, **k: pytest.fail("a finished branch must not be retrained"))
-    result = run_branch(run, "random_prune", round=2, seed=1)
+    [result] = run_branch(run, "random_prune", round=2, seeds=[1])
     assert result == RunResults.load(run / "results.json").branches[1]
 
 
 def test_a_new_branch_on_an_earlier_round_trains_and_is_recorded(micro_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(micro_run, run)
-    result = run_branch(run, "random_prune", round=1, seed=5)
+    [result] = run_branch(run, "random_prune", round=1, seeds=[5])
     folder = run / "branches" / "random_prune" / "round_1-seed_5"
     assert BranchResult.load(folder / "result.json") == result
     assert result.round == 1 and result.sparsity == 0.5 and result.train_steps == 8
@@ -114,9 +114,9 @@ def tree(folder: Path) -> list[str]:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["random_prnue"], "unknown branch 'random_prnue'; did you mean random_prune? allowed: random_prune"),
+        (["random_prnue"], "unknown branch 'random_prnue'; did you mean random_prune? allowed: dense_long, random_"),
         (["random_prune", "--round", "3"], "round 3 of the run in"),
-        (["random_prune", "--seed", "-1"], "seed=-1 is not allowed; choose 0..9223372036854775807"),
+        (["random_prune", "--seeds", "-1"], "seed -1 is not allowed; choose integers 0..9223372036854775807"),
         (["random_prune", "--round", "-2"], "round=-2 is not allowed"),
     ],
 )
@@ -142,7 +142,7 @@ def test_cli_branch_on_an_unfinished_round_says_which_rounds_are_done(micro_run,
     run = tmp_path / "run"
     shutil.copytree(micro_run, run)
     (run / "round_2" / "result.json").unlink()
-    result = cli("branch", str(run), "random_reinit", "--round", "2", "--seed", "9")
+    result = cli("branch", str(run), "random_reinit", "--round", "2", "--seeds", "9")
     assert result.returncode == 2
     assert "round 2 of the run in" in result.stderr and "finished rounds: 0, 1" in result.stderr
     assert not (run / "branches" / "random_reinit" / "round_2-seed_9").exists()

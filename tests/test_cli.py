@@ -14,17 +14,25 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 def test_parser_and_command_table_agree():
     subcommands = _subcommands(build_parser())
-    assert list(subcommands) == list(COMMANDS) == ["find", "branch", "eval", "push"]
+    assert list(subcommands) == list(COMMANDS) == ["find", "branch", "report", "eval", "push"]
     for name, (_, run) in COMMANDS.items():
         assert subcommands[name].get_default("run") is run
         assert subcommands[name].prog.endswith(name)
+
+
+def test_branch_help_names_every_registered_branch():
+    from gpt_tickets.lottery.branches import BRANCHES
+
+    help_text = _subcommands(build_parser())["branch"].format_help()
+    assert set(BRANCHES) == {"random_reinit", "random_prune", "rewind_step", "dense_long"}
+    assert all(name in help_text for name in BRANCHES)
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["eval", "--model", "m", "--files", "f.txt", "--strid", "3"], "unrecognized arguments for eval: --strid 3"),
-        (["branch", "runs/x", "random_prune", "--se", "3"], "unrecognized arguments for branch: --se 3"),
+        (["branch", "runs/x", "random_prune", "--se", "3"], "unrecognized arguments for branch random_prune: --se 3"),
         (["find", "--conf", "x.yaml"], "unknown config key conf"),
     ],
 )

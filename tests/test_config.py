@@ -14,11 +14,15 @@ def test_configs_folder_is_not_empty():
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
 def test_every_yaml_in_configs_validates(path):
+    from gpt_tickets.config.schema import control_entry
     from gpt_tickets.lottery.branches import get_branch
+    from gpt_tickets.lottery.branches.runner import control_params
 
     cfg = load_config(path)
+    control_params(cfg)  # every control's parameters are checked against the run, as find does before writing
     assert isinstance(cfg, RunConfig)
-    assert [get_branch(name).name for name in cfg.controls] == cfg.controls  # the branches a run ends with exist
+    names = [control_entry(entry)[0] for entry in cfg.controls]
+    assert [get_branch(name).name for name in names] == names  # the branches a run ends with exist
 
 
 def test_tiny_yaml_is_the_embedded_default():
@@ -35,6 +39,14 @@ def test_overrides_do_not_mutate_input():
     data = {"prune": {"rounds": 2}}
     apply_overrides(data, ["--prune.rounds", "4"])
     assert data == {"prune": {"rounds": 2}}
+
+
+def test_runs_of_0_2_keep_their_fingerprint():
+    """Keys added since 0.2 enter the fingerprint only when set: a 0.2 run directory resumes under this version."""
+    assert load_config(None, []).fingerprint() == "4e1c3135693f01a5"  # computed by gpt_tickets 0.2.0
+    assert load_config(None, ["--prune.rewind_step", "5", "--seed", "3"]).fingerprint() == "f3a6caa6df38b3a8"
+    for changed in (["--prune.retrain", "finetune"], ["--prune.score", "normalized_magnitude"]):
+        assert load_config(None, changed).fingerprint() != "4e1c3135693f01a5", changed
 
 
 def test_fingerprint_ignores_output_dir_but_not_hyperparameters():

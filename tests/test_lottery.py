@@ -29,7 +29,7 @@ def observed(monkeypatch):
     calls = []
     original = Trainer.train
 
-    def train(self, masked, on_step=None, desc="train", start_step=0):
+    def train(self, masked, on_step=None, desc="train", start_step=0, **data_and_schedule):
         plain = self.accelerator.unwrap_model(self.model)
         call = {
             "desc": desc,
@@ -50,7 +50,7 @@ def observed(monkeypatch):
             if on_step is not None:
                 on_step(step, loss)
 
-        call["outcome"] = original(self, masked, on_step=watch, desc=desc, start_step=start_step)
+        call["outcome"] = original(self, masked, on_step=watch, desc=desc, start_step=start_step, **data_and_schedule)
         return call["outcome"]
 
     monkeypatch.setattr(Trainer, "train", train)

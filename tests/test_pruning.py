@@ -407,3 +407,22 @@ def test_negative_or_non_float32_scores_are_refused():
         prune(weights, ones(weights), 0.5, "global", lambda name, w: w - 10)
     with pytest.raises(TypeError, match="float32"):
         prune(weights, ones(weights), 0.5, "global", lambda name, w: w.double().abs())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pools_are_each_the_bisection_on_their_own(seed):
+    """Pools at their own fractions select, bitwise, what the reference selects on each pool's weights alone."""
+    from gpt_tickets.sparsity.select import Pool, prune_pools
+
+    weights = tied_weights(seed)
+    names = list(weights)
+    pools = [Pool(tuple(names[0::2]), 0.2), Pool(tuple(names[1::2]), 0.6)]
+    mask = ones(weights)
+    for _ in range(3):
+        new = prune_pools(weights, mask, pools)
+        assert list(new) == names
+        for pool in pools:
+            alone = {n: weights[n] for n in pool.names}
+            expected = reference_prune(alone, Mask({n: mask[n] for n in pool.names}), pool.fraction, "global")
+            assert all(torch.equal(new[n], expected[n]) for n in pool.names)
+        mask = new

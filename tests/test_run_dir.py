@@ -20,7 +20,13 @@ from gpt_tickets.lottery.results import RoundResult, RunResults
 from .conftest import MICRO, error_lines, flip_a_bit
 
 # Every kind of write a run makes: round and branch files, checkpoints inside phases, the ticket, results.
-KILLED = [*MICRO, "--prune.rounds", "1", "--controls", "[random_prune]", "--train.checkpoint_every", "4"]
+KILLED = [
+    *MICRO,
+    "--prune.rounds", "1",
+    "--prune.rewind_points", "[2, 6]",  # one saved before round 0's checkpoint at step 4, one after
+    "--controls", "[random_prune]",
+    "--train.checkpoint_every", "4",
+]  # fmt: skip
 
 
 def outcome(run: pathlib.Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
@@ -31,6 +37,8 @@ def outcome(run: pathlib.Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
     tensors = {}
     for path in [*run.glob("round_*/mask.safetensors"), *run.glob("branches/*/*/mask.safetensors")]:
         tensors |= {f"{path.parent.name}/{k}": v for k, v in load_file(str(path)).items()}
+    for path in [run / "rewind.safetensors", *run.glob("rewind_points/*.safetensors")]:
+        tensors |= {f"{path.stem}/{k}": v for k, v in load_file(str(path)).items()}
     for name in ("model.safetensors", "ticket_masks.safetensors"):
         tensors |= {f"ticket/{name}/{k}": v for k, v in load_file(str(run / "ticket" / name)).items()}
     return phases, tensors
@@ -155,7 +163,7 @@ def test_damage_a_run_cannot_recompute_stops_it_in_one_line(micro_run, tmp_path,
     if command == "find":
         argv = ["find", *MICRO, "--output_dir", str(run), "--export.format", "both"]
     else:
-        argv = ["branch", str(run), "random_prune", "--round", "1", "--seed", "5"]
+        argv = ["branch", str(run), "random_prune", "--round", "1", "--seeds", "5"]
     assert main(argv) == 2
     errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and message in errors[0], errors
@@ -288,3 +296,23 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, 
     errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and "cannot write checkpoint" in errors[0] and "MiB free on its device" in errors[0]
     assert not (run / "checkpoints" / ".0.tmp").exists()
+
+
+def test_a_config_of_another_version_is_refused_naming_both_versions(tmp_path):
+    import yaml
+
+    from gpt_tickets.tickets.export import package_version
+
+    run = RunDir(tmp_path / "run")
+    run.claim(load_config(None, [*MICRO, "--output_dir", str(run.root)]))
+    run.unlock()
+    stored = yaml.safe_load(run.config.read_text())
+    assert stored["gpt_tickets_version"] == package_version() and run.stored_config().fingerprint()
+    stored["fingerprint"] = "0123456789abcdef"  # what another version's keys would hash to
+    run.config.write_text(yaml.safe_dump(stored, sort_keys=False))
+    with pytest.raises(RunError, match="does not match its fingerprint"):  # this version wrote it: damage
+        run.stored_config()
+    del stored["gpt_tickets_version"]  # written by 0.2, which did not record its version
+    run.config.write_text(yaml.safe_dump(stored, sort_keys=False))
+    with pytest.raises(RunError, match=rf"written by gpt_tickets 0.2 or older, .* \({package_version()}\)"):
+        run.stored_config()

@@ -9,20 +9,22 @@ from gpt_tickets.threads import choose_threads
 
 
 @pytest.mark.parametrize(
-    ("environ", "default", "threads"),
+    ("environ", "current", "threads"),
     [
-        ({}, 8, 8),
+        ({}, 8, 8),  # one process keeps torch's setting (its default, or torch.set_num_threads)
+        ({}, 1, 1),
+        ({"LOCAL_WORLD_SIZE": "1"}, 8, 8),
         ({"LOCAL_WORLD_SIZE": "2"}, 8, 4),
         ({"LOCAL_WORLD_SIZE": "3"}, 8, 2),
         ({"LOCAL_WORLD_SIZE": "16"}, 8, 1),
-        ({"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "3"}, 8, 3),
-        ({"OMP_NUM_THREADS": "1"}, 8, 1),
+        ({"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "3"}, 3, 3),  # torch read OMP_NUM_THREADS at start
+        ({"OMP_NUM_THREADS": "1"}, 1, 1),
         ({"OMP_NUM_THREADS": "", "LOCAL_WORLD_SIZE": "4"}, 8, 2),
-        ({"OMP_NUM_THREADS": "lots", "LOCAL_WORLD_SIZE": "x"}, 8, 8),
+        ({"LOCAL_WORLD_SIZE": "x"}, 8, 8),
     ],
 )
-def test_threads_per_process(environ, default, threads):
-    assert choose_threads(environ, default)[0] == threads
+def test_threads_per_process(environ, current, threads):
+    assert choose_threads(environ, current)[0] == threads
 
 
 def test_the_choice_is_set_and_logged():

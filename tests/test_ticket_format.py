@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gpt_tickets.config import config_from_dict
+from gpt_tickets.lottery import RunDir
 from gpt_tickets.sparsity.apply import detach_masks
 from gpt_tickets.sparsity.masks import Mask
 from gpt_tickets.tickets.bitpack import pack_bits, packed_size, unpack_bits
@@ -29,14 +28,13 @@ from .conftest import table_rows
 
 def run_artifacts(run: Path):
     """What export_ticket takes, as the micro run left it: its config, ticket config, final mask and ticket model."""
-    data = yaml.safe_load((run / "config.yaml").read_text())
-    data.pop("fingerprint")
+    cfg = RunDir(run).stored_config()
     summary = json.loads((run / "results.json").read_text())
     rounds = len(summary["rounds"]) - 1
     mask = Mask.load(run / f"round_{rounds}" / "mask.safetensors")
     model = AutoModelForCausalLM.from_pretrained(run / "ticket")
     tcfg = read_ticket_config(run / "ticket")
-    return config_from_dict(data), tcfg, mask, model, AutoTokenizer.from_pretrained(run / "ticket")
+    return cfg, tcfg, mask, model, AutoTokenizer.from_pretrained(run / "ticket")
 
 
 def state(model) -> dict[str, torch.Tensor]:

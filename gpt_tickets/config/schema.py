@@ -20,11 +20,24 @@ from ..tickets.format import WEIGHT_FORMATS
 
 PRUNABLE_GROUPS = ("attention", "mlp", "embeddings")
 SCOPES = ("global", "layer")
+RETRAIN_MODES = ("rewind", "lr_rewind", "finetune")
+SCORE_NAMES = ("magnitude", "normalized_magnitude")  # sparsity.scores.SCORES holds the functions
 INITS = ("scratch", "pretrained")
 DATA_SOURCES = ("embedded", "hub", "files")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 MAX_SEED = 2**32 - 1  # the data order seeds torch with seed x 1,000,003 + epoch, which must fit in 64 bits
+MAX_BRANCH_SEED = 2**63 - 1  # a branch seed that only seeds torch.manual_seed: a signed 64-bit integer
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio")
+
+# What changes no result, hence is not part of a run's identity (its fingerprint).
+NOT_IN_IDENTITY = ("output_dir", "track", "export", "controls", "control_seeds", "train.checkpoint_every")
+# Keys added since 0.2, with their defaults: left out of the identity while at them (RunConfig.identity).
+ADDED_SINCE_0_2 = {
+    ("prune", "rewind_points"): [],
+    ("prune", "retrain"): "rewind",
+    ("prune", "score"): "magnitude",
+    ("prune", "group_fractions"): None,
+}
 
 # The embedded default: small enough that the whole ticket loop runs in minutes on 2 CPU cores.
 TINY_GPT2 = {
@@ -41,6 +54,30 @@ TINY_GPT2 = {
 def check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def check_seeds(key: str, seeds: list[int]) -> None:
+    """Branch seeds: at least one, each an integer torch.manual_seed takes, none twice (a seed names a folder)."""
+    check(isinstance(seeds, list) and bool(seeds), f"{key}={seeds!r} lists no seed; give at least one")
+    for seed in seeds:
+        ok = isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_BRANCH_SEED
+        check(ok, f"{key}={seeds}: seed {seed!r} is not allowed; choose integers 0..{MAX_BRANCH_SEED}")
+    twice = next((seed for seed in seeds if seeds.count(seed) > 1), None)
+    check(twice is None, f"{key}={seeds} lists seed {twice} twice; give distinct seeds")
+
+
+def control_entry(entry: Any) -> tuple[str, dict[str, Any]]:
+    """A ``controls`` entry as (branch name, its parameters beyond round and seed): ``name`` or ``{name: {...}}``."""
+    if isinstance(entry, str):
+        return entry, {}
+    ok = isinstance(entry, dict) and len(entry) == 1 and all(isinstance(v, dict) for v in entry.values())
+    check(
+        ok,
+        f"controls entry {entry!r} is not allowed; write a branch name or a one-key mapping of a branch name to its "
+        "parameters, e.g. {rewind_step: {rewind: 50}}",
+    )
+    ((name, params),) = entry.items()
+    return str(name), dict(params)
 
 
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -162,9 +199,35 @@ class PruneConfig:
     fraction: float = field(default=0.2, metadata={"help": "share p of the *remaining* weights pruned per round"})
     scope: str = field(default="global", metadata={"help": "global (all prunable weights) or layer (per matrix)"})
     rewind_step: int = field(default=0, metadata={"help": "k: 0 rewinds to init, k > 0 to step k of dense training"})
+    retrain: str = field(
+        default="rewind",
+        metadata={
+            "help": "how a pruned round retrains: rewind (weights to step k, the LR schedule again), lr_rewind (keep "
+            "the trained weights, the LR schedule again; Renda et al. 2020) or finetune (keep the trained weights, "
+            "train at round 0's final LR)"
+        },
+    )
+    rewind_points: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "more steps of round 0 whose weights are saved (rewind_points/step_<k>.safetensors), for the "
+            "rewind_step branch; the initial weights (step 0) and the rewind step's are always saved"
+        },
+    )
     groups: list[str] = field(
         default_factory=lambda: ["attention", "mlp"],
         metadata={"help": "weights to prune: attention, mlp, embeddings"},
+    )
+    score: str = field(
+        default="magnitude",
+        metadata={"help": "magnitude (|w|) or normalized_magnitude (|w| / RMS of its matrix's surviving weights)"},
+    )
+    group_fractions: dict[str, float] | None = field(
+        default=None,
+        metadata={
+            "help": "{group: p} prunes each listed group on its own at its own p, e.g. {attention: 0.1, mlp: 0.3}; "
+            "the unlisted groups are pruned together at `fraction` (None: all groups together)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -172,9 +235,28 @@ class PruneConfig:
         check(0 < self.fraction < 1, f"prune.fraction={self.fraction} must be in (0, 1), exclusive")
         _one_of("prune.scope", self.scope, SCOPES)
         check(self.rewind_step >= 0, f"prune.rewind_step={self.rewind_step} must be >= 0")
+        _one_of("prune.retrain", self.retrain, RETRAIN_MODES)
+        for step in self.rewind_points:
+            check(step >= 0, f"prune.rewind_points={self.rewind_points}: step {step} must be >= 0")
+        check(
+            len(set(self.rewind_points)) == len(self.rewind_points),
+            f"prune.rewind_points={self.rewind_points} lists a step twice",
+        )
         check(bool(self.groups), f"prune.groups is empty; choose from {', '.join(PRUNABLE_GROUPS)}")
         for group in self.groups:
             _one_of("prune.groups[]", group, PRUNABLE_GROUPS)
+        _one_of("prune.score", self.score, SCORE_NAMES)
+        if self.group_fractions is not None:
+            self._check_group_fractions(self.group_fractions)
+
+    def _check_group_fractions(self, group_fractions: dict[str, float]) -> None:
+        check(bool(group_fractions), "prune.group_fractions is empty; list {group: fraction} or leave it null")
+        for group, share in group_fractions.items():
+            _one_of("prune.group_fractions key", group, tuple(self.groups))
+            check(
+                isinstance(share, float) and 0 < share < 1,
+                f"prune.group_fractions.{group}={share!r} must be a number in (0, 1), exclusive",
+            )
 
 
 @dataclass
@@ -233,9 +315,21 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-    controls: list[str] = field(
+    # list[Any]: an entry is a branch name or {name: {param: value}}, checked by control_entry (the loader's types
+    # take no union of a string and a mapping)
+    controls: list[Any] = field(
         default_factory=lambda: ["random_reinit", "random_prune"],
-        metadata={"help": "branches run on the final round at the end of find (seed: the run's seed + 1)"},
+        metadata={
+            "help": "branches run on the final round at the end of find, each at every control seed: a name, or "
+            "{name: {param: value}} for its parameters beyond round and seed, e.g. {rewind_step: {rewind: 50}}"
+        },
+    )
+    control_seeds: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "the seeds every control runs with, in order (null: the two after the run's, seed + 1 and "
+            "seed + 2: a spread needs two)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -245,7 +339,19 @@ class RunConfig:
             f"prune.rewind_step={self.prune.rewind_step} is beyond train.steps={self.train.steps}; "
             f"choose 0..{self.train.steps}",
         )
-        check(len(set(self.controls)) == len(self.controls), f"controls={self.controls} lists a branch twice")
+        for step in self.prune.rewind_points:
+            check(
+                step <= self.train.steps,
+                f"prune.rewind_points={self.prune.rewind_points}: step {step} is beyond "
+                f"train.steps={self.train.steps}; choose 0..{self.train.steps}",
+            )
+        controls = [json.dumps(control_entry(entry), sort_keys=True, default=str) for entry in self.controls]
+        check(
+            len(set(controls)) == len(controls),
+            f"controls={self.controls} lists a branch twice with the same parameters",
+        )
+        if self.control_seeds is not None:
+            check_seeds("control_seeds", self.control_seeds)
         if self.eval.stride is not None:
             check(
                 self.eval.stride <= self.data.block_size,
@@ -255,14 +361,23 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def fingerprint(self) -> str:
-        """Hash of everything that affects results, naming a run's identity.
-
-        Where results go, how often they are checkpointed, what logs them, how the ticket is shipped and which
-        controls run at the end (each a branch in its own folder) do not change them.
-        """
+    def identity(self) -> dict[str, Any]:
+        """Everything that affects results: the config less ``NOT_IN_IDENTITY`` (where results go, how often they
+        are checkpointed, what logs them, how the ticket is shipped, which controls run at the end with which seeds:
+        each a branch in its own folder), and less the keys added since 0.2 while they hold their default, so a run
+        started before they existed keeps its identity and can be resumed."""
         payload = self.to_dict()
-        for key in ("output_dir", "track", "export", "controls"):
-            payload.pop(key)
-        payload["train"].pop("checkpoint_every")
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        for dotted in NOT_IN_IDENTITY:
+            *sections, key = dotted.split(".")
+            section = payload
+            for name in sections:
+                section = section[name]
+            section.pop(key)
+        for (section, key), default in ADDED_SINCE_0_2.items():
+            if payload[section][key] == default:
+                payload[section].pop(key)
+        return payload
+
+    def fingerprint(self) -> str:
+        """Hash of ``identity()``, naming a run: a directory holds the run of one fingerprint."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]

@@ -44,9 +44,11 @@ class Phase:
         start: loads the phase's start weights into the model and returns its mask (only when it starts afresh).
         log_offset: tracker steps before this phase, so phases follow each other on one axis.
         keep_trained: save the trained weights (a round's, from which the next round prunes).
-        save_rewind_at: save the weights at this step as the run's rewind point (round 0 only).
+        save_at: (step, path) pairs: the weights after that many steps are saved there (round 0: the rewind
+            weights and the rewind points; step 0: the start weights), each before the checkpoint of its step.
         data_seed: the seed shuffling its data (None: the run's seed, the order every round sees).
         data_offset: optimizer steps of the data stream skipped before its first batch (0: from the start).
+        final_lr: train at the schedule's final learning rate throughout (fine-tuning) instead of the schedule.
     """
 
     key: str
@@ -54,9 +56,10 @@ class Phase:
     start: Callable[[], Mask]
     log_offset: int = 0
     keep_trained: bool = False
-    save_rewind_at: int | None = None
+    save_at: tuple[tuple[int, Path], ...] = ()
     data_seed: int | None = None
     data_offset: int = 0
+    final_lr: bool = False
 
 
 @dataclass
@@ -82,8 +85,8 @@ class RunContext:
 
     def __init__(self, cfg: RunConfig, acc: Accelerator, claim: bool = True) -> None:
         self.cfg, self.acc, self.run_dir = cfg, acc, RunDir(cfg.output_dir)
-        run = self.run_dir
         threads = set_intra_op_threads()
+        run = self.run_dir
         micro, accumulation = cfg.train.batch_layout(acc.num_processes)  # before writes, like everything below
         if claim:
             run.check_writable()
@@ -180,11 +183,12 @@ class RunContext:
             if acc.is_main_process:
                 phase.folder.mkdir(parents=True, exist_ok=True)
                 mask.save(phase.folder / "mask.safetensors")
+                self._save_weights_at(phase, 0)
         check_ranks_agree(acc, phase.key, mask)
 
         def on_step(step: int, loss: torch.Tensor) -> None:
-            if step == phase.save_rewind_at and acc.is_main_process:
-                save_parameters(self.model, self.run_dir.rewind)
+            if acc.is_main_process:
+                self._save_weights_at(phase, step)
             if cfg.track.log_with and step % cfg.track.log_every == 0:
                 lr = self.trainer.scheduler.get_last_lr()[0]
                 acc.log({"train/loss": loss.item(), "train/lr": lr}, step=phase.log_offset + step)
@@ -200,6 +204,7 @@ class RunContext:
             start_step=start,
             data_seed=phase.data_seed,
             data_offset=phase.data_offset,
+            final_lr=phase.final_lr,
         )
         ppl = perplexity(
             self.trainer.model,
@@ -210,6 +215,12 @@ class RunContext:
             accelerator=acc,
         )
         return Trained(mask, outcome, ppl)
+
+    def _save_weights_at(self, phase: Phase, step: int) -> None:
+        for at, path in phase.save_at:
+            if at == step:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_parameters(self.model, path)
 
     def finish(self, phase: Phase, result: PhaseResult) -> None:
         """Record a trained phase: its trained weights if kept, then its result, the marker that it is done."""

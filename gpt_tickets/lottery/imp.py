@@ -8,17 +8,19 @@ when the same command runs again, and branches (the controls) start from what th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from accelerate import Accelerator
 
 from ..config.schema import RunConfig
-from ..models.params import load_parameters, save_parameters
+from ..models.params import load_parameters
 from ..reporting.tables import results_table
 from ..sparsity.masks import Mask
-from ..sparsity.select import magnitude_prune
+from ..sparsity.scores import SCORES
+from ..sparsity.select import group_pools, prune_pools
 from ..tickets.export import export_ticket
-from .branches.base import Branch
-from .branches.registry import get_branch
-from .branches.runner import default_params, train_branch
+from .branches.base import Branch, BranchParams
+from .branches.runner import control_params, train_branches
 from .context import Phase, RunContext, accelerator_for
 from .results import RoundResult, RunResults
 from .run_dir import RunDir
@@ -30,22 +32,19 @@ def find_ticket(cfg: RunConfig, accelerator: Accelerator | None = None) -> RunRe
     Returns what ``results.json`` holds. Pushing to the Hub (``export.push_to_hub``) is the caller's step after this
     (``gpt-tickets find`` does it; from Python call ``gpt_tickets.push_ticket``).
     """
-    branches = [get_branch(name) for name in cfg.controls]  # an unknown name fails before anything is written
+    controls = control_params(cfg)  # an unknown branch or parameter, a bad value: fails before anything is written
     with RunContext(cfg, accelerator or accelerator_for(cfg)) as ctx:
-        return _run(ctx, branches)
+        return _run(ctx, controls)
 
 
-def _run(ctx: RunContext, branches: list[Branch]) -> RunResults:
+def _run(ctx: RunContext, controls: list[tuple[Branch, BranchParams]]) -> RunResults:
     cfg, acc, run = ctx.cfg, ctx.acc, ctx.run_dir
     results = RunResults(cfg.fingerprint(), acc.num_processes, rounds=[])
     for r in range(cfg.prune.rounds + 1):
         results.rounds.append(_round(ctx, r))
         if acc.is_main_process:
             results.save(run.results)
-    for i, branch in enumerate(branches):
-        params = default_params(branch, cfg)
-        offset = (cfg.prune.rounds + 1 + i) * cfg.train.steps
-        results.branches.append(train_branch(ctx, branch, params, log_offset=offset))
+    results.branches += train_branches(ctx, controls)  # every control at every seed, in order
     final = run.round(cfg.prune.rounds)
     if acc.is_main_process:
         load_parameters(ctx.model, final / "trained.safetensors")
@@ -78,7 +77,8 @@ def _round(ctx: RunContext, r: int) -> RoundResult:
         start=lambda: _start_round(ctx, r),
         log_offset=r * cfg.train.steps,
         keep_trained=True,
-        save_rewind_at=cfg.prune.rewind_step if r == 0 else None,
+        save_at=_saved_in_round_0(cfg, run) if r == 0 else (),
+        final_lr=r > 0 and cfg.prune.retrain == "finetune",
     )
     trained = ctx.train(phase)
     result = RoundResult.measured(trained.mask, ctx.model_type, trained.outcome, trained.perplexity, round=r)
@@ -89,17 +89,25 @@ def _round(ctx: RunContext, r: int) -> RoundResult:
     return result
 
 
+def _saved_in_round_0(cfg: RunConfig, run: RunDir) -> tuple[tuple[int, Path], ...]:
+    """The steps of round 0 whose weights later phases start from: the rewind step k (every round) and the rewind
+    points (the rewind_step branch). Each is written before the checkpoint of its step, so it survives a kill."""
+    points = ((step, run.rewind_point(step)) for step in cfg.prune.rewind_points)
+    return ((cfg.prune.rewind_step, run.rewind), *points)
+
+
 def _start_round(ctx: RunContext, r: int) -> Mask:
-    """Round 0: the initial weights and the full mask. Round r: prune round r-1's trained weights, rewind."""
+    """Round 0: the initial weights and the full mask. Round r: prune round r-1's trained weights, then rewind them
+    to step k (``prune.retrain: rewind``) or keep them (``lr_rewind``, ``finetune``); the mask zeroes the pruned."""
     cfg, run = ctx.cfg, ctx.run_dir
     if r == 0:
         load_parameters(ctx.model, run.init)
-        if cfg.prune.rewind_step == 0 and ctx.acc.is_main_process:
-            save_parameters(ctx.model, run.rewind)
         return ctx.full_mask
     load_parameters(ctx.model, run.round(r - 1) / "trained.safetensors")
     previous = run.round_mask(r - 1)
     trained = {n: ctx.model.get_parameter(n) for n in previous}  # pruned where they live, no copy
-    mask = magnitude_prune(trained, previous, cfg.prune.fraction, cfg.prune.scope)
-    load_parameters(ctx.model, run.rewind)
+    pools = group_pools(previous, ctx.model_type, cfg.prune.fraction, cfg.prune.scope, cfg.prune.group_fractions)
+    mask = prune_pools(trained, previous, pools, score=SCORES[cfg.prune.score])
+    if cfg.prune.retrain == "rewind":
+        load_parameters(ctx.model, run.rewind)
     return mask

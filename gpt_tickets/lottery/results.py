@@ -7,6 +7,7 @@ state the same numbers.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,23 @@ class BranchResult(PhaseResult):
 
     branch: str
     params: dict[str, Any] = field(default_factory=dict)
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    """A branch trained in segments: ``{"steps", "val_perplexity", "val_nll"}`` at every segment's end ([] else)."""
+
+    @classmethod
+    def of_segments(cls, segments: list[BranchResult]) -> BranchResult:
+        """A branch trained in segments: the last one's result over all their steps, with every segment's evaluation."""
+        ends = itertools.accumulate(s.train_steps for s in segments)
+        evaluations = [
+            {"steps": end, "val_perplexity": s.val_perplexity, "val_nll": s.val_nll}
+            for end, s in zip(ends, segments, strict=True)
+        ]
+        return dataclasses.replace(
+            segments[-1],
+            train_steps=sum(s.train_steps for s in segments),
+            wall_seconds=round(sum(s.wall_seconds for s in segments), 2),
+            evaluations=evaluations,
+        )
 
     def label(self) -> str:
         extra = ", ".join(f"{k} {v}" for k, v in self.params.items() if k != "round")

@@ -20,13 +20,14 @@ from ..config.schema import RunConfig
 from ..errors import ConfigError, RunError, first_line
 from ..io import atomic_write_text
 from ..sparsity.masks import Mask, mask_checksum
+from ..tickets.export import package_version
 from .results import RoundResult
 
 LOCK_FILE = ".lock"
 
 
 class RunDir:
-    """Paths of a run: ``round_<r>/``, ``branches/<name>/<params>/``, ``ticket/`` ..."""
+    """Paths of a run: ``round_<r>/``, ``branches/<name>/<params>/``, ``rewind_points/``, ``ticket/`` ..."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -45,6 +46,27 @@ class RunDir:
 
     def branch(self, name: str, key: str) -> Path:
         return self.root / "branches" / name / key
+
+    def rewind_point(self, step: int) -> Path:
+        """Where round 0 saves its weights at a step of ``prune.rewind_points``."""
+        return self.root / "rewind_points" / f"step_{step}.safetensors"
+
+    def saved_steps(self, cfg: RunConfig) -> dict[int, Path]:
+        """Every step of round 0 whose weights the run keeps, and the file holding them, in step order: 0 (the
+        initial weights), ``prune.rewind_step`` (the rewind weights) and ``prune.rewind_points``."""
+        saved = {step: self.rewind_point(step) for step in cfg.prune.rewind_points}
+        saved.update({cfg.prune.rewind_step: self.rewind, 0: self.init})
+        return dict(sorted(saved.items()))
+
+    def weights_at(self, step: int, cfg: RunConfig) -> Path:
+        """The file of round 0's weights at ``step``; a step round 0 does not save fails in one line."""
+        saved = self.saved_steps(cfg)
+        if step not in saved:
+            raise ConfigError(
+                f"round 0 of the run in {str(self.root)!r} saved no weights at step {step}; saved steps: "
+                f"{', '.join(map(str, saved))} (0, prune.rewind_step and prune.rewind_points)"
+            )
+        return saved[step]
 
     @staticmethod
     def done(folder: Path) -> Path:
@@ -108,9 +130,8 @@ class RunDir:
                 f"output_dir {str(self.root)!r} holds files but no gpt_tickets run (e.g. {strays[0]}); choose an "
                 "empty or new directory"
             )
-        atomic_write_text(
-            yaml.safe_dump({"fingerprint": cfg.fingerprint(), **cfg.to_dict()}, sort_keys=False), self.config
-        )
+        stamp = {"fingerprint": cfg.fingerprint(), "gpt_tickets_version": package_version()}
+        atomic_write_text(yaml.safe_dump({**stamp, **cfg.to_dict()}, sort_keys=False), self.config)
 
     def stored_config(self) -> RunConfig:
         """The config of the run in this directory, checked against the fingerprint it was saved with.
@@ -126,10 +147,17 @@ class RunDir:
             if not isinstance(data, dict) or not isinstance(data.get("fingerprint"), str):
                 raise ConfigError("not a run config with its fingerprint")
             fingerprint = data.pop("fingerprint")
+            written_by = data.pop("gpt_tickets_version", "0.2 or older")
             data["output_dir"] = str(self.root)
             cfg = config_from_dict(data)
         except (ConfigError, UnicodeDecodeError) as err:
             raise RunError(f"{self.config} is damaged: {first_line(err)}") from None
+        if cfg.fingerprint() != fingerprint and written_by != package_version():
+            raise RunError(
+                f"{self.config} was written by gpt_tickets {written_by}, whose configs have other keys than this "
+                f"version's ({package_version()}); finish that run with that version, or start it again in another "
+                "output_dir"
+            )
         if cfg.fingerprint() != fingerprint:
             raise RunError(f"{self.config} is damaged: its content does not match its fingerprint {fingerprint}")
         return cfg

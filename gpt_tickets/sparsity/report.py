@@ -1,4 +1,4 @@
-"""Sparsity of a mask overall, per group (attention / MLP / ...), per layer and per weight: measured in one place.
+"""Sparsity of a mask overall, per group (attention / MLP / ...), per layer, kind and weight: measured in one place.
 
 Results (rounds, branches, ``ticket_config.json``) take their sparsity fields from a ``SparsityReport``, never by
 counting again, so every file and table states the same numbers.
@@ -6,19 +6,25 @@ counting again, so every file and table states the same numbers.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from ..models.families import classify
+from ..models.families import PRUNABLE_PATTERNS, classify
 from .masks import Mask
 
 
 @dataclass(frozen=True)
 class SparsityReport:
-    """Shares of pruned weights; ``groups`` has one entry per group present (attention, mlp, embeddings, other)."""
+    """Shares of pruned weights; ``groups`` has one entry per group present (attention, mlp, embeddings, other).
+
+    ``per_kind`` pools each kind of weight over the layers (GPT-2: ``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc``,
+    ``mlp.c_proj``), which shows what a score strips first.
+    """
 
     overall: float
     groups: dict[str, float]
     per_layer: dict[str, dict[str, float]]
+    per_kind: dict[str, float]
     per_weight: dict[str, float]
 
     def group(self, name: str) -> float:
@@ -32,25 +38,52 @@ class SparsityReport:
         }
 
 
+def weight_group(model_type: str, name: str) -> str:
+    """The group of a masked weight (attention, mlp, embeddings); ``other`` where the family table does not list it."""
+    info = classify(model_type, name)
+    return info.group if info else "other"
+
+
+def weight_kind(model_type: str, name: str) -> str:
+    """A weight's name without its layer prefix and ``.weight``: ``transformer.h.3.mlp.c_fc.weight`` -> ``mlp.c_fc``.
+
+    Weights outside the layers (embeddings) keep their full name, less ``.weight``.
+    """
+    stem = name.removesuffix(".weight")
+    info = classify(model_type, name)
+    if info is None or info.layer is None:
+        return stem
+    match = re.fullmatch(PRUNABLE_PATTERNS[model_type][info.group], name)
+    return stem[match.end("layer") + 1 :]
+
+
 def sparsity_report(mask: Mask, model_type: str) -> SparsityReport:
     totals: dict[str, list[int]] = {}
+    kinds: dict[str, list[int]] = {}
     per_layer: dict[str, dict[str, list[int]]] = {}
     per_weight: dict[str, float] = {}
     for name, m in mask.items():
-        info = classify(model_type, name)
-        group = info.group if info else "other"
+        info, group = classify(model_type, name), weight_group(model_type, name)
         pruned, size = m.numel() - int(m.sum()), m.numel()
         per_weight[name] = pruned / size
-        for key in ("overall", group):
-            acc = totals.setdefault(key, [0, 0])
-            acc[0], acc[1] = acc[0] + pruned, acc[1] + size
+        for counts, key in ((totals, "overall"), (totals, group), (kinds, weight_kind(model_type, name))):
+            _add(counts, key, pruned, size)
         if info and info.layer is not None:
-            acc = per_layer.setdefault(str(info.layer), {}).setdefault(group, [0, 0])
-            acc[0], acc[1] = acc[0] + pruned, acc[1] + size
-    shares = {key: p / n for key, (p, n) in totals.items()}
+            _add(per_layer.setdefault(str(info.layer), {}), group, pruned, size)
+    shares = _shares(totals)
     return SparsityReport(
         overall=shares.pop("overall", 0.0),
         groups=shares,
-        per_layer={layer: {g: p / n for g, (p, n) in groups.items()} for layer, groups in per_layer.items()},
+        per_layer={layer: _shares(groups) for layer, groups in per_layer.items()},
+        per_kind=_shares(kinds),
         per_weight=per_weight,
     )
+
+
+def _add(counts: dict[str, list[int]], key: str, pruned: int, size: int) -> None:
+    acc = counts.setdefault(key, [0, 0])
+    acc[0], acc[1] = acc[0] + pruned, acc[1] + size
+
+
+def _shares(counts: dict[str, list[int]]) -> dict[str, float]:
+    return {key: pruned / size for key, (pruned, size) in counts.items()}

@@ -1,5 +1,8 @@
 """Selection: (weights, mask, score) -> the new mask keeping all but the lowest-scored share. No Accelerate.
 
+Weights are pruned in pools, each ranked on its own at its own fraction: all weights together (scope ``global``),
+each matrix alone (``layer``), or per group (``group_pools``).
+
 The cut is found without concatenating or sorting the scores, by a radix select over the bit patterns of the
 float32 scores (for non-negative floats, integer order is value order): one pass counts the surviving scores' high
 16 bits into a histogram, which names the bucket holding the k-th smallest; a second counts the low 16 bits inside
@@ -12,12 +15,14 @@ its scores (``torch.cat`` + ``kthvalue``: 8 bytes per prunable weight; torch's o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 
 from ..config.schema import SCOPES
 from .masks import Mask
+from .report import weight_group
 from .scores import Score, magnitude
 
 _HALF = 16  # bits per radix digit
@@ -120,7 +125,73 @@ def _prune_group(weights: Scored, mask: Mask, fraction: float, score: Score) -> 
     yield from _cut(weights, mask, score, cut, n_prune - smaller)
 
 
+@dataclass(frozen=True)
+class Pool:
+    """Weights ranked against one another, and the share p of their surviving entries pruned in this round."""
+
+    names: tuple[str, ...]
+    fraction: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"fraction={self.fraction} must be in (0, 1)")
+        if not self.names:
+            raise ValueError("a pool needs at least one weight")
+
+
+def scope_pools(names: Iterable[str], fraction: float, scope: str) -> list[Pool]:
+    """``global``: the weights in one pool; ``layer``: each matrix a pool of its own."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r} is not allowed; choose one of {', '.join(SCOPES)}")
+    names = tuple(names)
+    return [Pool(names, fraction)] if scope == "global" else [Pool((n,), fraction) for n in names]
+
+
+def group_pools(
+    names: Iterable[str],
+    model_type: str,
+    fraction: float,
+    scope: str,
+    group_fractions: Mapping[str, float] | None = None,
+) -> list[Pool]:
+    """The pools of IMP's selection: each group of ``group_fractions`` on its own, at its own fraction.
+
+    The groups not listed are pooled together at ``fraction``, apart from the listed ones; ``scope`` then splits
+    every pool per matrix or keeps it whole. Without ``group_fractions`` this is ``scope_pools``.
+    """
+    names = list(names)
+    if not group_fractions:
+        return scope_pools(names, fraction, scope)
+    by_group: dict[str | None, list[str]] = {}
+    for name in names:
+        group = weight_group(model_type, name)
+        by_group.setdefault(group if group in group_fractions else None, []).append(name)
+    absent = [g for g in group_fractions if g not in by_group]
+    if absent:
+        raise ValueError(f"group_fractions names {', '.join(absent)}, which has no weights among those pruned")
+    return [
+        pool
+        for group, members in by_group.items()
+        for pool in scope_pools(members, fraction if group is None else group_fractions[group], scope)
+    ]
+
+
 @torch.no_grad()
+def prune_pools(weights: Scored, mask: Mask, pools: Iterable[Pool], score: Score = magnitude) -> Mask:
+    """Prune each pool on its own: its ``fraction`` of its surviving entries, lowest ``score`` first.
+
+    Every weight of ``mask`` must be in exactly one pool; the new mask (on CPU) lists the weights in ``mask``'s order.
+    """
+    pools = list(pools)
+    pooled = [n for pool in pools for n in pool.names]
+    if sorted(pooled) != sorted(mask):
+        raise ValueError("the pools must hold every masked weight exactly once")
+    new = {}
+    for pool in pools:
+        new.update(_prune_group({n: weights[n] for n in pool.names}, mask, pool.fraction, score))
+    return Mask({n: new[n] for n in mask})
+
+
 def prune(weights: Scored, mask: Mask, fraction: float, scope: str, score: Score = magnitude) -> Mask:
     """Prune ``fraction`` of the entries that ``mask`` keeps, lowest ``score`` first.
 
@@ -129,22 +200,13 @@ def prune(weights: Scored, mask: Mask, fraction: float, scope: str, score: Score
         mask: the current mask; pruned entries stay pruned.
         fraction: share p of the *remaining* weights to remove, so after r rounds 1-(1-p)^r are pruned.
         scope: ``global`` ranks all masked weights together; ``layer`` prunes p of each matrix separately.
-        score: weights -> non-negative float32 scores (``scores.magnitude``: Frankle & Carbin's |w|).
+        score: weights -> non-negative float32 scores (``scores.SCORES``; ``scores.magnitude``: Frankle & Carbin's
+            |w|).
 
     Returns:
         the new mask, on CPU.
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction={fraction} must be in (0, 1)")
-    if scope not in SCOPES:
-        raise ValueError(f"scope={scope!r} is not allowed; choose one of {', '.join(SCOPES)}")
-    names = list(mask)
-    groups = [names] if scope == "global" else [[n] for n in names]
-    new = Mask()
-    for group in groups:
-        for name, keep in _prune_group({n: weights[n] for n in group}, mask, fraction, score):
-            new[name] = keep
-    return new
+    return prune_pools(weights, mask, scope_pools(mask, fraction, scope), score)
 
 
 def magnitude_prune(weights: Scored, mask: Mask, fraction: float, scope: str) -> Mask:

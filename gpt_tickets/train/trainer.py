@@ -67,8 +67,10 @@ class Trainer:
                 return (step + 1) / (cfg.warmup_steps + 1)
             return max(0.0, (cfg.steps - step) / (cfg.steps - cfg.warmup_steps))
 
+        self.final_lr = False  # fine-tuning: every step at the LR of the schedule's last step
+        self._factor = lambda step: linear_warmup_decay(cfg.steps - 1 if self.final_lr else step)
         # The schedule is not prepared: Accelerate would step it once per process per call.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._factor)
         self.seed = seed
         self.sampler = EpochPermutation(len(train_blocks), seed)
         loader = DataLoader(train_blocks, batch_size=self.micro_batch, sampler=self.sampler, drop_last=True)
@@ -81,6 +83,10 @@ class Trainer:
     def reset(self) -> None:
         self.optimizer.load_state_dict(copy.deepcopy(self._fresh[0]))
         self.scheduler.load_state_dict(copy.deepcopy(self._fresh[1]))
+        # The fresh state holds the schedule's first LR; a fine-tuning phase starts at its own.
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * self._factor(0)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _batches(self, start_step: int) -> Iterator[torch.Tensor]:
         """Micro-batches from optimizer step ``start_step`` of the data stream on, across epochs, in the fixed order."""
@@ -99,6 +105,7 @@ class Trainer:
         start_step: int = 0,
         data_seed: int | None = None,
         data_offset: int = 0,
+        final_lr: bool = False,
     ) -> TrainOutcome:
         """Train up to ``cfg.steps`` optimizer steps; ``on_step(step, loss)`` runs after each one (loss: a tensor,
         read only when needed, since reading it waits for the device).
@@ -106,9 +113,11 @@ class Trainer:
         ``start_step > 0`` continues a round whose model, optimizer and schedule were restored from a checkpoint.
         The batches are those of the data stream shuffled by ``data_seed`` (None: the run's seed, the order every
         round sees) from step ``data_offset + start_step`` on, so a phase may see other data or later data.
+        ``final_lr`` trains every step at the LR of the schedule's last step (fine-tuning) instead of the schedule.
         """
         acc, model, cfg = self.accelerator, self.model, self.cfg
         self.sampler.seed = self.seed if data_seed is None else data_seed
+        self.final_lr = final_lr
         if start_step == 0:
             self.reset()
         masked.zero_weights()

@@ -8,6 +8,7 @@ finished round; training, evaluation, checkpoints and results are the runner's. 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -15,12 +16,11 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel
 
+from ...config.schema import MAX_BRANCH_SEED, MAX_SEED, RunConfig
 from ...errors import ConfigError
 from ...io import load_tensors
 from ...sparsity.masks import Mask
 from ..run_dir import RunDir
-
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class BranchParams:
                 raise ConfigError(f"{f.name}={value!r} must be an integer")
         if self.round < 0:
             raise ConfigError(f"round={self.round} is not allowed; a round is 0 or more")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed={self.seed} is not allowed; choose 0..{MAX_SEED}")
+        if not 0 <= self.seed <= MAX_BRANCH_SEED:
+            raise ConfigError(f"seed={self.seed} is not allowed; choose 0..{MAX_BRANCH_SEED}")
 
     def key(self) -> str:
         """The folder name: every parameter, in order (``round_5-seed_1``)."""
@@ -66,6 +66,15 @@ class FinishedRound:
         """The weights every round restarts from (step k of dense training)."""
         return load_tensors(self.run_dir.rewind)
 
+    def initial_weights(self) -> dict[str, torch.Tensor]:
+        """The weights round 0 started from (the run's initialisation)."""
+        return load_tensors(self.run_dir.init)
+
+    def weights_at(self, step: int) -> dict[str, torch.Tensor]:
+        """Round 0's weights after ``step`` steps, as the run saved them: 0 (the initial weights), the rewind step
+        or one of ``prune.rewind_points``; any other step fails in one line listing the saved ones."""
+        return load_tensors(self.run_dir.weights_at(step, self.run_dir.stored_config()))
+
 
 class Branch(ABC):
     """Subclasses set ``name``, ``description`` and ``Params`` and register with ``registry.register``."""
@@ -74,8 +83,48 @@ class Branch(ABC):
     description: ClassVar[str]
     Params: ClassVar[type[BranchParams]] = BranchParams
 
+    @classmethod
+    def own_params(cls) -> list[str]:
+        """Its parameters beyond round and seed: a ``controls`` entry's mapping and ``gpt-tickets branch`` flags."""
+        return [f.name for f in dataclasses.fields(cls.Params) if f.name not in ("round", "seed")]
+
+    def params(self, round: int, seed: int, /, **own: Any) -> BranchParams:
+        """Its typed parameters from plain values; an unknown or missing name or a bad value fails in one line."""
+        allowed = self.own_params()
+        for key in own:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise ConfigError(
+                    f"branch {self.name} has no parameter {key!r}; {hint}its parameters beyond round and seed: "
+                    f"{', '.join(allowed) or 'none'}"
+                )
+        for f in dataclasses.fields(self.Params):
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if f.name in allowed and f.name not in own and required:
+                raise ConfigError(f"branch {self.name} needs a value for its parameter {f.name} ({f.type})")
+        params = self.Params(round=round, seed=seed, **own)
+        if (self.data_seed(params) or 0) > MAX_SEED:  # a data order's seed must fit as the run's seed does
+            raise ConfigError(
+                f"seed={seed} is not allowed for branch {self.name}, whose seed sets the data order; choose "
+                f"0..{MAX_SEED}"
+            )
+        return params
+
+    def check(self, params: BranchParams, cfg: RunConfig) -> None:
+        """Refuse parameters the run (``cfg``, its stored config) cannot serve, before anything is written, e.g. a
+        step whose weights round 0 did not save. The default accepts all."""
+        return None
+
     def data_seed(self, params: BranchParams) -> int | None:
         """The seed of the branch's data order; None (the default) trains on the ticket's own data order."""
+        return None
+
+    def segments(self, params: BranchParams) -> int | None:
+        """None (the default): the branch is one phase of ``train.steps`` in its folder. n: it trains n segments of
+        ``train.steps`` one after another, each a phase in ``segment_<j>/`` continuing from the one before with a
+        fresh optimizer and schedule on later data, so one training is evaluated at every segment's end.
+        """
         return None
 
     @abstractmethod

@@ -19,7 +19,7 @@ def register(cls: type[Branch]) -> type[Branch]:
 
 def get_branch(name: str) -> Branch:
     """The branch called ``name``; an unknown name fails with a did-you-mean and the allowed names."""
-    from . import random_prune, random_reinit  # noqa: F401  (each registers itself)
+    from . import dense_long, random_prune, random_reinit, rewind_step  # noqa: F401  (each registers itself)
 
     if name not in BRANCHES:
         close = difflib.get_close_matches(str(name), BRANCHES, n=1)
