@@ -93,7 +93,9 @@ class Trainer:
         micro = start_step * self.accumulation
         epoch, skip = divmod(micro, len(self.loader))
         while True:
-            self.sampler.set_epoch(epoch)
+            # On the prepared loader, not the sampler: accelerate's loader sets the sampler's epoch to its own count
+            # of finished passes when iterated, which would make the order depend on what the process ran before.
+            self.loader.set_epoch(epoch)
             yield from itertools.islice(self.loader, skip, None)
             epoch, skip = epoch + 1, 0
 
