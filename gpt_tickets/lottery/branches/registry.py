@@ -1,4 +1,5 @@
-"""Branch names -> branch classes. A branch module registers itself on import (``branches/__init__`` imports them)."""
+"""Branch names -> branch classes. A branch module registers itself on import; ``branches/__init__``, which Python
+runs before this module, imports them all, so the table is full whenever ``get_branch`` is called."""
 
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ def register(cls: type[Branch]) -> type[Branch]:
 
 def get_branch(name: str) -> Branch:
     """The branch called ``name``; an unknown name fails with a did-you-mean and the allowed names."""
-    from . import dense_long, random_prune, random_reinit, rewind_step  # noqa: F401  (each registers itself)
-
     if name not in BRANCHES:
         close = difflib.get_close_matches(str(name), BRANCHES, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
