@@ -28,6 +28,7 @@ def _find(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from accelerate import PartialState
 
+    from .lottery.combine import REPORT_DIR, REPORT_FILE
     from .lottery.imp import find_ticket
     from .reporting.tables import results_table
     from .tickets.push import push_ticket, require_token
@@ -38,6 +39,7 @@ def _find(args: argparse.Namespace, overrides: list[str]) -> int:
     if not PartialState().is_main_process:
         return 0
     print(results_table(results.phases))
+    print(f"report: {cfg.output_dir}/{REPORT_DIR}/{REPORT_FILE}")
     ticket = f"{cfg.output_dir}/ticket"
     print(f"ticket: {ticket}")
     if cfg.export.push_to_hub:  # after the run, outside it: a failed push loses nothing
@@ -67,12 +69,14 @@ def _branch(args: argparse.Namespace, rest: list[str]) -> int:
 
     from accelerate import PartialState
 
+    from .config.schema import parse_rounds
     from .lottery.branches.registry import get_branch
     from .lottery.branches.runner import run_branch
     from .reporting.tables import results_table
 
+    rounds = None if args.round is None else parse_rounds("--round", args.round)
     own = _branch_flags(get_branch(args.name), rest)
-    results = run_branch(args.run_dir, args.name, round=args.round, seeds=seeds, **own)
+    results = run_branch(args.run_dir, args.name, round=rounds, seeds=seeds, **own)
     if PartialState().is_main_process:
         print(results_table(results))
     return 0
@@ -119,17 +123,28 @@ def _add_branch(sub: argparse._SubParsersAction, name: str) -> argparse.Argument
         "initialised weights), random_prune (random masks with the round's per-matrix sparsity, on the rewind "
         "weights), rewind_step (the round's mask on round 0's weights at step --rewind K, one of 0, "
         "prune.rewind_step and prune.rewind_points; the seed sets the data order), dense_long (the dense model "
-        "trained (R + 1) x train.steps steps in R + 1 segments, evaluated after each). A branch's own parameters "
-        "are flags named as its parameters (--rewind 50). Each result lives in RUN_DIR/branches/NAME/<its "
+        "trained (R + 1) x train.steps steps in R + 1 segments, evaluated after each), oneshot_magnitude (the trained "
+        "dense model pruned once to the round's sparsity in each pool of the run's scope rules, by prune.score), "
+        "wanda (the same by |W| x the input norm over --calibration_blocks N blocks of training data, default 128); "
+        "the one-shot ones are evaluated as they are, or with --finetune N after each of N segments of train.steps "
+        "of sparse fine-tuning, and without fine-tuning run once (the seed changes nothing). A branch's own "
+        "parameters are flags named as its parameters (--rewind 50). Each result lives in RUN_DIR/branches/NAME/<its "
         "parameters>/, e.g. round_2-seed_1/ or round_2-seed_0-rewind_50/; a finished branch is read back, a killed "
         "one resumes.",
         allow_abbrev=False,
     )
     branch.add_argument("run_dir", help="the output_dir of a `gpt-tickets find` run")
     branch.add_argument(
-        "name", help="random_reinit, random_prune, rewind_step or dense_long (an unknown name lists them all)"
+        "name",
+        help="random_reinit, random_prune, rewind_step, dense_long, oneshot_magnitude or wanda (an unknown name "
+        "lists them all)",
     )
-    branch.add_argument("--round", type=int, default=None, help="finished round to start from (default: the last)")
+    branch.add_argument(
+        "--round",
+        default=None,
+        help="finished round to start from, a comma-separated list (1,3) or all (every pruned round; default: the "
+        "last)",
+    )
     branch.add_argument(
         "--seeds", default=None, help="the branch's seeds, comma-separated, e.g. 1,2,3 (default: run seed + 1, + 2)"
     )
@@ -150,16 +165,72 @@ def _report(args: argparse.Namespace, rest: list[str]) -> int:
 def _add_report(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     rep = sub.add_parser(
         name,
-        help="the results of one or several runs (seeds) with each group's mean and spread",
+        help="the results of one or several runs (seeds): tables with each group's mean and spread, and plots",
         description="Reads every finished round and branch of each RUN_DIR (each result checked against its digest) "
         "and prints every seed's row and, for each round and each branch with the same parameters, the mean, sample "
         "standard deviation, min and max of validation perplexity over seeds. The runs must be replicates: the same "
-        "config but the seed. Writes the tables to OUT/report.md.",
+        "config but the seed. Writes the tables to OUT/report.md with PNG plots beside it: perplexity_vs_sparsity "
+        "(the ticket, dense at equal steps and trained as long, every control and baseline), sparsity_heatmap "
+        "(per layer and matrix), mask_overlap (Jaccard of consecutive rounds, and of the ticket with each branch) "
+        "and stability (when `gpt-tickets stability` ran); a plot the runs hold no data for is left out, and "
+        "report.md's Missing section names the command that adds it.",
         allow_abbrev=False,
     )
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output_dirs of `gpt-tickets find` runs")
-    rep.add_argument("--out", default=None, help="folder of report.md (default: the first RUN_DIR's report/)")
+    rep.add_argument(
+        "--out", default=None, help="folder of report.md and the plots (default: the first RUN_DIR's report/)"
+    )
     return rep
+
+
+def _stability(args: argparse.Namespace, rest: list[str]) -> int:
+    seeds = _seeds(args.seeds)  # before the heavy imports
+
+    def scalar(text: str | None, flag: str) -> Any:
+        """Read as a YAML scalar, as config overrides are; checked where it is used, in one line."""
+        return None if text is None else load_yaml(text, flag)
+
+    steps = [scalar(piece, "--rewind-steps") for piece in args.rewind_steps.split(",")]
+    round, points = scalar(args.round, "--round"), scalar(args.points, "--points")
+
+    from accelerate import PartialState
+
+    from .lottery.stability import STABLE_BARRIER, check_threshold, run_stability, stability_table
+
+    try:
+        threshold = STABLE_BARRIER if args.threshold is None else float(args.threshold)
+    except ValueError:
+        raise ConfigError(f"--threshold={args.threshold!r} is not a number; give a barrier in nats > 0") from None
+    check_threshold(threshold)
+    results = run_stability(args.run_dir, steps, round=round, seeds=seeds, points=11 if points is None else points)
+    if PartialState().is_main_process:
+        print(stability_table(results, threshold))
+    return 0
+
+
+def _add_stability(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    stab = sub.add_parser(
+        name,
+        help="stability to SGD noise (linear mode connectivity) from round 0's weights at several rewind steps",
+        description="For each rewind step k, trains two copies from round 0's weights at step k with a round's mask "
+        "(default: the final round's; --round 0: the dense model), each on its own data order (--seeds), for "
+        "train.steps steps as a round; then evaluates the validation loss at --points points of the straight line "
+        "between them. The barrier is the worst loss on the path minus the mean of its ends (nats); the earliest k "
+        "whose barrier is below --threshold is recommended (Frankle et al. 2020). Steps round 0 did not save are "
+        "recomputed once. Results live in RUN_DIR/stability/; finished ones are read back, a killed copy resumes.",
+        allow_abbrev=False,
+    )
+    stab.add_argument("run_dir", help="the output_dir of a `gpt-tickets find` run")
+    stab.add_argument("--rewind-steps", required=True, help="round 0's steps, comma-separated, e.g. 0,25,50,100")
+    stab.add_argument(
+        "--round",
+        default=None,
+        help="the finished round whose mask the copies train with (default: the last; 0: the dense model)",
+    )
+    stab.add_argument("--seeds", default=None, help="the copies' two seeds, e.g. 1,2 (default: run seed + 1, + 2)")
+    stab.add_argument("--points", default=None, help="points on the path, ends included, >= 3 (default: 11)")
+    stab.add_argument("--threshold", default=None, help="barrier (nats) below which a step is stable (default: 0.02)")
+    return stab
 
 
 def _eval(args: argparse.Namespace, rest: list[str]) -> int:
@@ -257,6 +328,7 @@ COMMANDS: dict[str, Command] = {
     "find": (_add_find, _find),
     "branch": (_add_branch, _branch),
     "report": (_add_report, _report),
+    "stability": (_add_stability, _stability),
     "eval": (_add_eval, _eval),
     "push": (_add_push, _push),
 }

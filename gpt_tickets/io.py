@@ -103,6 +103,10 @@ def atomic_write_text(text: str, path: str | Path) -> None:
     _written(Path(path), lambda tmp: tmp.write_text(text))
 
 
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    _written(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
 def atomic_write_json(data: Any, path: str | Path) -> None:
     atomic_write_text(json.dumps(data, indent=2) + "\n", path)
 

@@ -114,7 +114,7 @@ def tree(folder: Path) -> list[str]:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["random_prnue"], "unknown branch 'random_prnue'; did you mean random_prune? allowed: dense_long, random_"),
+        (["random_prnue"], "unknown branch 'random_prnue'; did you mean random_prune? allowed: dense_long, oneshot_"),
         (["random_prune", "--round", "3"], "round 3 of the run in"),
         (["random_prune", "--seeds", "-1"], "seed -1 is not allowed; choose integers 0..9223372036854775807"),
         (["random_prune", "--round", "-2"], "round=-2 is not allowed"),

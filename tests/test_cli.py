@@ -14,7 +14,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 def test_parser_and_command_table_agree():
     subcommands = _subcommands(build_parser())
-    assert list(subcommands) == list(COMMANDS) == ["find", "branch", "report", "eval", "push"]
+    assert list(subcommands) == list(COMMANDS) == ["find", "branch", "report", "stability", "eval", "push"]
     for name, (_, run) in COMMANDS.items():
         assert subcommands[name].get_default("run") is run
         assert subcommands[name].prog.endswith(name)
@@ -24,7 +24,7 @@ def test_branch_help_names_every_registered_branch():
     from gpt_tickets.lottery.branches import BRANCHES
 
     help_text = _subcommands(build_parser())["branch"].format_help()
-    assert set(BRANCHES) == {"random_reinit", "random_prune", "rewind_step", "dense_long"}
+    assert set(BRANCHES) == {"random_reinit", "random_prune", "rewind_step", "dense_long", "oneshot_magnitude", "wanda"}
     assert all(name in help_text for name in BRANCHES)
 
 

@@ -173,8 +173,14 @@ def damaged(seed_1_run, tmp_path, file):
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(micro_run, seed_1_run, tmp_path, capsys, dirs, message):
     argv = [str(d) for d in dirs(micro_run, seed_1_run, tmp_path)]
+    before = report_files(argv)  # find wrote micro_run's report: it must stay as it was
     assert main(["report", *argv, "--out", str(tmp_path / "out")]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and message in captured.err
     assert len(error_lines(captured.err)) == len(captured.err.strip().splitlines()) == 1
-    assert not (tmp_path / "out").exists() and not any(RunDir(d).root.joinpath("report").exists() for d in argv)
+    assert not (tmp_path / "out").exists() and report_files(argv) == before
+
+
+def report_files(run_dirs) -> dict:
+    """Every file in the runs' report/ folders, with its bytes."""
+    return {p: p.read_bytes() for d in run_dirs for p in RunDir(d).root.joinpath("report").glob("*") if p.is_file()}

@@ -43,6 +43,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return float(value)
         except ValueError:
             pass
+    if annotation is str and isinstance(value, bool):  # YAML 1.1 reads no / yes / off / on as booleans
+        raise ConfigError(f"{key}={value!r} must be of type str; quote it, e.g. {key}: '{'yes' if value else 'no'}'")
     if annotation in (int, float, str, bool):
         ok = isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
         check(ok, f"{key}={value!r} must be of type {annotation.__name__}")

@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,42 @@ def control_entry(entry: Any) -> tuple[str, dict[str, Any]]:
     )
     ((name, params),) = entry.items()
     return str(name), dict(params)
+
+
+def check_rounds(key: str, value: Any, last: int) -> list[int]:
+    """Rounds a branch runs from: ``all`` (every pruned round 1..``last``) or a non-empty list of distinct rounds
+    0..``last``, as the list of rounds in order given."""
+    if value == "all":
+        return list(range(1, last + 1))
+    ok = isinstance(value, list) and bool(value) and len(set(map(str, value))) == len(value)
+    ok = ok and all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= last for r in value)
+    check(
+        ok,
+        f"{key}={value!r} is not allowed; write all (every pruned round 1..{last}) or a list of distinct rounds "
+        f"0..{last}, e.g. [1, {last}]",
+    )
+    return list(value)
+
+
+def control_rounds(name: str, params: dict[str, Any], last: int) -> tuple[list[int], dict[str, Any]]:
+    """(the rounds a ``controls`` entry runs from, its branch's own parameters): the entry's ``rounds`` key
+    (``check_rounds``), or without it the final round ``last``."""
+    own = dict(params)
+    rounds = own.pop("rounds", [last])
+    return check_rounds(f"controls entry {name}: rounds", rounds, last), own
+
+
+def parse_rounds(key: str, text: str) -> int | list[int] | str:
+    """``--round`` text: one round (``3``), a comma-separated list (``1,3``) or ``all``."""
+    if text.strip() == "all":
+        return "all"
+    pieces = text.split(",")
+    check(
+        all(re.fullmatch(r"\s*-?\d+\s*", piece) for piece in pieces),
+        f"{key}={text!r} is not a round, a comma-separated list of rounds or all; e.g. {key} 2, {key} 1,3 or {key} all",
+    )
+    rounds = [int(piece) for piece in pieces]
+    return rounds[0] if len(rounds) == 1 else rounds
 
 
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -321,7 +358,8 @@ class RunConfig:
         default_factory=lambda: ["random_reinit", "random_prune"],
         metadata={
             "help": "branches run on the final round at the end of find, each at every control seed: a name, or "
-            "{name: {param: value}} for its parameters beyond round and seed, e.g. {rewind_step: {rewind: 50}}"
+            "{name: {param: value}} for its parameters beyond round and seed, e.g. {rewind_step: {rewind: 50}}; "
+            "`rounds: all` (every pruned round) or `rounds: [1, 3]` runs it from those rounds instead"
         },
     )
     control_seeds: list[int] | None = field(
@@ -350,6 +388,8 @@ class RunConfig:
             len(set(controls)) == len(controls),
             f"controls={self.controls} lists a branch twice with the same parameters",
         )
+        for entry in self.controls:
+            control_rounds(*control_entry(entry), self.prune.rounds)  # a bad `rounds` fails now, not after the run
         if self.control_seeds is not None:
             check_seeds("control_seeds", self.control_seeds)
         if self.eval.stride is not None:

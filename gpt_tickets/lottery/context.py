@@ -7,6 +7,8 @@ by their names.
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from ..sparsity.apply import MaskedParameters
 from ..sparsity.masks import Mask, mask_checksum
 from ..threads import set_intra_op_threads
 from ..train.checkpoints import Checkpoints
-from ..train.trainer import Trainer, TrainOutcome, diverged
+from ..train.trainer import EpochPermutation, Trainer, TrainOutcome, diverged
 from .results import PhaseResult
 from .run_dir import RunDir
 
@@ -79,11 +81,18 @@ class RunContext:
     """Builds data, tokenizer, model and trainer once for a run directory, and holds the directory's lock.
 
     Everything that can be checked without training is checked before the first write: the data, the tokenizer,
-    the model built from its config, one global batch of data. ``claim`` is False for work on a finished run (a
-    branch), whose config is the directory's own. Use it as a context manager: leaving releases the lock.
+    the model built from its config, one global batch of data, and ``check_data`` (called with the number of
+    training blocks). ``claim`` is False for work on a finished run (a branch), whose config is the directory's own.
+    Use it as a context manager: leaving releases the lock.
     """
 
-    def __init__(self, cfg: RunConfig, acc: Accelerator, claim: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        acc: Accelerator,
+        claim: bool = True,
+        check_data: Callable[[int], None] | None = None,
+    ) -> None:
         self.cfg, self.acc, self.run_dir = cfg, acc, RunDir(cfg.output_dir)
         threads = set_intra_op_threads()
         run = self.run_dir
@@ -108,7 +117,10 @@ class RunContext:
                 f"fewer than one global batch of train.batch_size={cfg.train.batch_size}; use more data or a smaller "
                 "batch"
             )
+        if check_data is not None:
+            check_data(len(train_blocks))
         self.val_ids = tokenize_stream(val_texts, tokenizer)[: cfg.data.max_validation_tokens]
+        self.train_blocks = train_blocks  # the loader's own tensor, no copy: for branches that calibrate on it
         self.full_mask = Mask.ones_like(model, prunable_weights(model, cfg.prune.groups))
 
         if acc.is_main_process and claim:
@@ -206,15 +218,57 @@ class RunContext:
             data_offset=phase.data_offset,
             final_lr=phase.final_lr,
         )
-        ppl = perplexity(
+        return Trained(mask, outcome, self._validate())
+
+    def evaluate(self, phase: Phase) -> Trained:
+        """Evaluate ``phase``'s start weights under its mask without training (a one-shot baseline): the masked
+        weights are zeroed and scored with the same validation perplexity as a trained phase; its mask is saved as a
+        trained phase's is. Nothing to resume: a killed evaluation starts over.
+
+        The outcome holds 0 steps; ``seconds``: the time ``phase.start`` took (building the mask: a calibration pass
+        and the selection); ``final_loss``: the model's mean loss on the run's first global batch (the batch a first
+        training step would see), a measured number where a trained phase logs its last batch's loss.
+        """
+        acc = self.acc
+        acc.wait_for_everyone()
+        began = time.perf_counter()
+        mask = phase.start()
+        seconds = time.perf_counter() - began
+        check_ranks_agree(acc, phase.key, mask)
+        if acc.is_main_process:
+            phase.folder.mkdir(parents=True, exist_ok=True)
+            mask.save(phase.folder / "mask.safetensors")
+        MaskedParameters(self.model, mask).zero_weights()
+        first_batch = first_blocks(self.train_blocks, self.cfg.seed, self.cfg.train.batch_size)
+        outcome = TrainOutcome(steps=0, seconds=seconds, final_loss=self._mean_loss(first_batch))
+        return Trained(mask, outcome, self._validate())
+
+    def _validate(self) -> PerplexityResult:
+        """The validation perplexity every phase is scored by."""
+        cfg = self.cfg
+        return perplexity(
             self.trainer.model,
             self.val_ids,
             max_length=cfg.data.block_size,
             stride=cfg.eval.stride,
             batch_size=cfg.eval.batch_size,
-            accelerator=acc,
+            accelerator=self.acc,
         )
-        return Trained(mask, outcome, ppl)
+
+    @torch.no_grad()
+    def _mean_loss(self, blocks: torch.Tensor) -> float:
+        """The model's mean next-token loss over ``blocks`` (equal-length blocks: the mean of per-batch means,
+        weighted by blocks), in ``eval.batch_size`` batches; every process computes it alike."""
+        model = self.trainer.model
+        training, total = model.training, 0.0
+        model.eval()
+        try:
+            for batch in blocks.split(self.cfg.eval.batch_size):
+                batch = batch.to(self.acc.device)
+                total += float(model(input_ids=batch, labels=batch).loss) * len(batch)
+        finally:
+            model.train(training)
+        return total / len(blocks)
 
     def _save_weights_at(self, phase: Phase, step: int) -> None:
         for at, path in phase.save_at:
@@ -237,6 +291,13 @@ class RunContext:
                 save_parameters(self.model, phase.folder / "trained.safetensors")
             result.save(RunDir.done(phase.folder))  # written last: the marker that the phase is complete
         self.checkpoints.clear()
+
+
+def first_blocks(blocks: torch.Tensor, seed: int, count: int) -> torch.Tensor:
+    """The first ``count`` of ``blocks`` in the data order of ``seed`` (epoch 0): what round 0's first
+    ``count`` blocks of batches were, on any number of processes (they shard the same order)."""
+    order = EpochPermutation(len(blocks), seed)
+    return blocks[torch.tensor(list(itertools.islice(order, count)), dtype=torch.long)]
 
 
 def check_ranks_agree(acc: Accelerator, key: str, mask: Mask) -> None:

@@ -8,6 +8,7 @@ when the same command runs again, and branches (the controls) start from what th
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -20,7 +21,8 @@ from ..sparsity.scores import SCORES
 from ..sparsity.select import group_pools, prune_pools
 from ..tickets.export import export_ticket
 from .branches.base import Branch, BranchParams
-from .branches.runner import control_params, train_branches
+from .branches.runner import check_with_data, control_params, train_branches
+from .combine import report
 from .context import Phase, RunContext, accelerator_for
 from .results import RoundResult, RunResults
 from .run_dir import RunDir
@@ -33,7 +35,9 @@ def find_ticket(cfg: RunConfig, accelerator: Accelerator | None = None) -> RunRe
     (``gpt-tickets find`` does it; from Python call ``gpt_tickets.push_ticket``).
     """
     controls = control_params(cfg)  # an unknown branch or parameter, a bad value: fails before anything is written
-    with RunContext(cfg, accelerator or accelerator_for(cfg)) as ctx:
+    # The controls' checks against the training data (e.g. Wanda's calibration blocks) run before the first write.
+    check_data = functools.partial(check_with_data, branches=controls)
+    with RunContext(cfg, accelerator or accelerator_for(cfg), check_data=check_data) as ctx:
         return _run(ctx, controls)
 
 
@@ -47,6 +51,7 @@ def _run(ctx: RunContext, controls: list[tuple[Branch, BranchParams]]) -> RunRes
     results.branches += train_branches(ctx, controls)  # every control at every seed, in order
     final = run.round(cfg.prune.rounds)
     if acc.is_main_process:
+        summary, report_path = report([run.root])  # the plots, before the ticket whose card embeds them
         load_parameters(ctx.model, final / "trained.safetensors")
         export_ticket(
             ctx.model,
@@ -57,6 +62,8 @@ def _run(ctx: RunContext, controls: list[tuple[Branch, BranchParams]]) -> RunRes
             history=results_table(results.phases),
             val_perplexity=results.rounds[-1].val_perplexity,
             dense_val_perplexity=results.rounds[0].val_perplexity,
+            report_dir=report_path.parent,
+            plots=summary.plots,
         )
         results.complete = True
         results.save(run.results)
@@ -84,8 +91,10 @@ def _round(ctx: RunContext, r: int) -> RoundResult:
     result = RoundResult.measured(trained.mask, ctx.model_type, trained.outcome, trained.perplexity, round=r)
     ctx.finish(phase, result)
     previous = run.round(r - 1) / "trained.safetensors"
-    if r > 0 and ctx.acc.is_main_process and previous.exists():
-        previous.unlink()  # after round r is marked done: only the newest trained weights are needed to go on
+    if r > 1 and ctx.acc.is_main_process and previous.exists():
+        # After round r is marked done only the newest trained weights are needed to go on; round 0's (the trained
+        # dense model) stay, for the one-shot baselines that prune it.
+        previous.unlink()
     return result
 
 

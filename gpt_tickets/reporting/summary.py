@@ -94,12 +94,28 @@ class Group:
 
 
 @dataclass(frozen=True)
+class Plot:
+    """A PNG beside ``report.md`` (and in a ticket's ``plots/``): its file name, alt text and what it shows."""
+
+    file: str
+    title: str
+    caption: str
+
+    def markdown(self, folder: str = "") -> str:
+        """The image linked relative to the Markdown file (``folder``: its subfolder there, e.g. ``plots/``)."""
+        return f"![{self.title}]({folder}{self.file})\n\n{self.caption}"
+
+
+@dataclass(frozen=True)
 class Report:
-    """What ``gpt-tickets report`` shows: the runs combined, every sample, and the groups they form."""
+    """What ``gpt-tickets report`` shows: the runs combined, every sample, the groups they form, the plots drawn
+    and what the runs lack for the plots (each with the command that adds it)."""
 
     runs: tuple[tuple[str, int], ...]  # (directory, seed) of each run, in the order given
     samples: tuple[Sample, ...]
     groups: tuple[Group, ...]
+    plots: tuple[Plot, ...] = ()
+    missing: tuple[str, ...] = ()
 
 
 def _order(sample: Sample) -> tuple[int, bool, str]:
@@ -125,7 +141,8 @@ def summarize(runs: Iterable[tuple[str, int]], samples: Iterable[Sample]) -> Rep
 
 
 def render_markdown(report: Report) -> str:
-    """``report.md``: the groups first (what a reader compares), then every seed they come from."""
+    """``report.md``: the groups first (what a reader compares), the plots and what they lack, then every seed the
+    groups come from."""
     runs = ", ".join(f"{directory} (seed {seed})" for directory, seed in report.runs)
     sections = [
         f"# Report of {len(report.runs)} run(s)\n\nruns: {runs}",
@@ -133,6 +150,13 @@ def render_markdown(report: Report) -> str:
         "Each row: one round, or one branch with the same parameters, over the seeds of every run; std is the sample "
         f"standard deviation (ddof = 1, {NO_SPREAD} for one seed).\n\n"
         + markdown_table([list(GROUP_COLUMNS), *(g.row() for g in report.groups)]),
-        "## Every seed\n\n" + markdown_table([list(SAMPLE_COLUMNS), *(s.row() for s in report.samples)]),
     ]
+    if report.plots:
+        sections.append("## Plots\n\n" + "\n\n".join(p.markdown() for p in report.plots))
+    if report.missing:
+        sections.append(
+            "## Missing\n\nWhat the plots lack, and the command that adds it:\n\n"
+            + "\n".join(f"- {line}" for line in report.missing)
+        )
+    sections.append("## Every seed\n\n" + markdown_table([list(SAMPLE_COLUMNS), *(s.row() for s in report.samples)]))
     return "\n\n".join(sections) + "\n"

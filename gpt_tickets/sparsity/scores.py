@@ -7,7 +7,7 @@ new score is one function here; selection (``select``) works for any of them unc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -35,6 +35,21 @@ def normalized_magnitude(name: str, weight: torch.Tensor) -> torch.Tensor:
         return scores
     rms = torch.linalg.vector_norm(scores) / math.sqrt(survivors)
     return scores.div_(rms)
+
+
+def wanda(input_norms: Mapping[str, torch.Tensor]) -> Score:
+    """|W_ij| x ||X_j||_2 (Sun et al. 2023, "A simple and effective pruning approach for large language models"):
+    a weight matters as much as its magnitude times the size of the input feature it multiplies.
+
+    ``input_norms[name]``: the L2 norm of each input feature of that weight's module over calibration tokens, shaped
+    to broadcast against the weight (``calibration.input_norms`` gives [in, 1] for a GPT-2 Conv1D, [1, in] for an
+    nn.Linear). Not a ``prune.score``: it needs a calibration pass, which the ``wanda`` branch makes.
+    """
+
+    def score(name: str, weight: torch.Tensor) -> torch.Tensor:
+        return weight.detach().float().abs().mul_(input_norms[name].to(weight.device, torch.float32))
+
+    return score
 
 
 SCORES: dict[str, Score] = {"magnitude": magnitude, "normalized_magnitude": normalized_magnitude}

@@ -3,15 +3,18 @@ act on: how the ticket was found, the per-round results, its sparsity per layer 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCardData
 
 from ..config.schema import RunConfig
+from ..reporting.summary import Plot
 from ..reporting.tables import per_layer_table
 from .format import COMPACT_FILE, MASKS_FILE, TICKET_CONFIG_FILE, TicketConfig
 
 TAGS = ["lottery-ticket", "sparse", "pruned", "gpt_tickets"]
+PLOTS_DIR = "plots"  # the report's PNGs inside the ticket folder: they travel with it to the Hub
 
 
 def _dataset(cfg: RunConfig) -> tuple[str, str]:
@@ -67,8 +70,17 @@ def _perplexity(value: float | None) -> str:
     return "not measured" if value is None else f"{value:.2f}"
 
 
-def model_card(cfg: RunConfig, tcfg: TicketConfig, history: str = "") -> str:
-    """The README.md of a ticket; ``history`` is the run's table of rounds and controls (Markdown)."""
+def _plots_section(plots: Sequence[Plot]) -> str:
+    """The report's plots, linked relative to the card (``plots/<file>``), each with what it shows."""
+    if not plots:
+        return ""
+    images = "\n\n".join(p.markdown(f"{PLOTS_DIR}/") for p in plots)
+    return f"## How it compares\n\nFrom the run's report (`gpt-tickets report`):\n\n{images}\n\n"
+
+
+def model_card(cfg: RunConfig, tcfg: TicketConfig, history: str = "", plots: Sequence[Plot] = ()) -> str:
+    """The README.md of a ticket; ``history`` is the run's table of rounds and controls (Markdown), ``plots`` the
+    report's PNGs, which the caller has copied into the folder's ``plots/``."""
     dense_perplexity = _perplexity(tcfg.dense_val_perplexity)
     repo = cfg.export.push_to_hub or "path/to/ticket"
     rewind = "initialisation" if cfg.prune.rewind_step == 0 else f"step {cfg.prune.rewind_step} of dense training"
@@ -88,6 +100,7 @@ tokenizer = AutoTokenizer.from_pretrained("{repo}")
         if tcfg.weights_format != "dense"
         else ""
     )
+    plots_line = f"- `{PLOTS_DIR}/`: the run's report plots (PNG), shown above.\n" if plots else ""
     return f"""---
 {card_metadata(cfg, tcfg).to_yaml()}
 ---
@@ -107,7 +120,7 @@ Sparsity per layer:
 
 {per_layer_table(tcfg.per_layer_sparsity)}
 
-## Load it
+{_plots_section(plots)}## Load it
 
 With transformers alone:
 
@@ -125,4 +138,4 @@ model = load_ticket("{repo}")
 
 - `{TICKET_CONFIG_FILE}`: how the ticket was found, its sparsity overall, per group and per layer.
 - `{MASKS_FILE}`: one bit-packed mask per pruned weight, named after the weight (1 = kept).
-{compact_line}"""
+{compact_line}{plots_line}"""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -11,12 +12,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config.schema import RunConfig
 from ..data.tokenizer import save_pretrained_portable
-from ..errors import TicketError
+from ..errors import TicketError, first_line
 from ..io import atomic_write_json, atomic_write_text, replace_dir, share_like_other_files
 from ..quiet import library_bars_off
+from ..reporting.summary import Plot
 from ..sparsity.masks import Mask, first_stray_weight, mask_checksum
 from ..sparsity.report import sparsity_report
-from .card import model_card
+from .card import PLOTS_DIR, model_card
 from .encoding import read_dense_weights, save_compact, save_packed_masks
 from .format import COMPACT_FILE, DENSE_FILE, DENSE_INDEX_FILE, MASKS_FILE, TICKET_CONFIG_FILE, TicketConfig
 
@@ -70,6 +72,21 @@ def write_weights(model: PreTrainedModel, mask: Mask, folder: Path, weights_form
             (folder / dense_file).unlink(missing_ok=True)
 
 
+def copy_plots(report_dir: Path | None, plots: Sequence[Plot], folder: Path) -> None:
+    """The report's PNGs into the ticket's ``plots/``; one the report does not hold is one line."""
+    if not plots:
+        return
+    if report_dir is None:
+        raise TicketError("plots were given without the report folder that holds them")
+    folder.mkdir()
+    for plot in plots:
+        try:
+            shutil.copyfile(report_dir / plot.file, folder / plot.file)
+        except OSError as err:
+            reason = err.strerror or first_line(err)
+            raise TicketError(f"cannot copy the plot {report_dir / plot.file} into the ticket: {reason}") from None
+
+
 @torch.no_grad()
 def export_ticket(
     model: PreTrainedModel,
@@ -82,6 +99,8 @@ def export_ticket(
     val_perplexity: float | None = None,
     dense_val_perplexity: float | None = None,
     weights_format: str | None = None,
+    report_dir: Path | None = None,
+    plots: Sequence[Plot] = (),
 ) -> Path:
     """Write the ticket into ``out_dir`` atomically (a temp folder renamed into place).
 
@@ -89,6 +108,8 @@ def export_ticket(
         history: a Markdown table of how the ticket was found (the run's rounds and controls), for the model card.
         val_perplexity: the ticket's validation perplexity (and ``dense_val_perplexity`` the dense model's), stated in
             ``ticket_config.json`` and the card's ``model-index``.
+        report_dir, plots: the run's report folder and the plots in it (``gpt-tickets report``): copied into the
+            ticket's ``plots/`` and shown in the model card, so they travel with the folder to the Hub.
         weights_format: ``dense`` (``model.safetensors``, zeros where pruned), ``compact`` (kept values and bitmaps
             only) or ``both``; default ``cfg.export.format``.
     """
@@ -104,7 +125,8 @@ def export_ticket(
     save_pretrained_portable(tokenizer, tmp)
     tcfg = ticket_config(cfg, mask, model.config.model_type, weights_format, val_perplexity, dense_val_perplexity)
     atomic_write_json(tcfg.to_dict(), tmp / TICKET_CONFIG_FILE)
-    atomic_write_text(model_card(cfg, tcfg, history), tmp / "README.md")
+    copy_plots(report_dir, plots, tmp / PLOTS_DIR)
+    atomic_write_text(model_card(cfg, tcfg, history, plots), tmp / "README.md")
     share_like_other_files(*(p for p in tmp.iterdir() if p.is_file()))  # save_pretrained's weights come 0600
     replace_dir(tmp, out_dir)
     return out_dir

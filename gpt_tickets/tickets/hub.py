@@ -18,9 +18,9 @@ from huggingface_hub.utils import set_client_factory
 
 from ..errors import TicketError, first_line
 
-# What a ticket consists of: weights and masks as safetensors, configs and tokenizer files as text. No pickles
-# (*.bin, *.pt) and no code (*.py) are downloaded or uploaded, whatever else a repo holds.
-TICKET_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "README.md"]
+# What a ticket consists of: weights and masks as safetensors, configs and tokenizer files as text, the model card
+# and its plots. No pickles (*.bin, *.pt) and no code (*.py) are downloaded or uploaded, whatever else a repo holds.
+TICKET_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "README.md", "plots/*.png"]
 
 # Seconds one network step of a Hub request (connecting, one read, one write) may wait; a transfer that keeps moving
 # is never cut. Generous, since a commit of many files can keep the Hub busy before it answers.

@@ -108,6 +108,7 @@ class Trainer:
         data_seed: int | None = None,
         data_offset: int = 0,
         final_lr: bool = False,
+        stop_at: int | None = None,
     ) -> TrainOutcome:
         """Train up to ``cfg.steps`` optimizer steps; ``on_step(step, loss)`` runs after each one (loss: a tensor,
         read only when needed, since reading it waits for the device).
@@ -116,8 +117,13 @@ class Trainer:
         The batches are those of the data stream shuffled by ``data_seed`` (None: the run's seed, the order every
         round sees) from step ``data_offset + start_step`` on, so a phase may see other data or later data.
         ``final_lr`` trains every step at the LR of the schedule's last step (fine-tuning) instead of the schedule.
+        ``stop_at`` ends after that many steps while the schedule still spans ``cfg.steps``: a phase's first steps
+        recomputed exactly (round 0's weights at a step it did not save).
         """
         acc, model, cfg = self.accelerator, self.model, self.cfg
+        end = cfg.steps if stop_at is None else stop_at
+        if not start_step <= end <= cfg.steps:
+            raise ValueError(f"stop_at={stop_at} must lie in [start_step={start_step}, train.steps={cfg.steps}]")
         self.sampler.seed = self.seed if data_seed is None else data_seed
         self.final_lr = final_lr
         if start_step == 0:
@@ -128,9 +134,9 @@ class Trainer:
         finite = torch.ones((), dtype=torch.bool, device=acc.device)  # read once at the end: no sync per step
         # A context manager: a phase stopped by an error clears its bar, so the error's line stands alone.
         drawn = acc.is_local_main_process and interactive()  # a redirected log gets the phase's one result line
-        with tqdm(total=cfg.steps, initial=step, desc=desc, disable=not drawn, leave=False) as bar:
+        with tqdm(total=end, initial=step, desc=desc, disable=not drawn, leave=False) as bar:
             batches = self._batches(data_offset + start_step)
-            while step < cfg.steps:
+            while step < end:
                 loss_sum = torch.zeros((), device=acc.device)
                 for i in range(self.accumulation):  # gradient accumulation by hand: explicit and resumable
                     batch = next(batches)

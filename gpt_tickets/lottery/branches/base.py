@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -20,6 +21,7 @@ from ...config.schema import MAX_BRANCH_SEED, MAX_SEED, RunConfig
 from ...errors import ConfigError
 from ...io import load_tensors
 from ...sparsity.masks import Mask
+from ..context import first_blocks
 from ..run_dir import RunDir
 
 
@@ -48,6 +50,11 @@ class BranchParams:
         return dataclasses.asdict(self)
 
 
+def dense_trained_file(run_dir: RunDir) -> Path:
+    """Where a run keeps round 0's trained weights (the trained dense model)."""
+    return run_dir.round(0) / "trained.safetensors"
+
+
 @dataclass
 class FinishedRound:
     """What a branch may read of a finished round: its mask, the run's saved weights, the model's shape.
@@ -58,6 +65,9 @@ class FinishedRound:
     run_dir: RunDir
     round: int
     model: PreTrainedModel
+    train_blocks: torch.Tensor | None = None
+    """The run's training blocks ([n, block_size] token ids, as ``RunContext.train_blocks``), for a branch that
+    calibrates on them (wanda); None where only saved files are read."""
 
     def mask(self) -> Mask:
         return self.run_dir.round_mask(self.round)
@@ -69,6 +79,17 @@ class FinishedRound:
     def initial_weights(self) -> dict[str, torch.Tensor]:
         """The weights round 0 started from (the run's initialisation)."""
         return load_tensors(self.run_dir.init)
+
+    def dense_trained_weights(self) -> dict[str, torch.Tensor]:
+        """Round 0's trained weights: the dense model after ``train.steps`` steps, which the one-shot baselines prune
+        (runs of gpt_tickets 0.3 and older deleted them once round 1 was done)."""
+        return load_tensors(dense_trained_file(self.run_dir))
+
+    def first_train_blocks(self, count: int) -> torch.Tensor:
+        """The first ``count`` blocks of the run's data order (its seed, epoch 0): what round 0's first batches saw."""
+        if self.train_blocks is None:
+            raise ValueError("this FinishedRound was built without the training data (train_blocks)")
+        return first_blocks(self.train_blocks, self.run_dir.stored_config().seed, count)
 
     def weights_at(self, step: int) -> dict[str, torch.Tensor]:
         """Round 0's weights after ``step`` steps, as the run saved them: 0 (the initial weights), the rewind step
@@ -125,6 +146,22 @@ class Branch(ABC):
         ``train.steps`` one after another, each a phase in ``segment_<j>/`` continuing from the one before with a
         fresh optimizer and schedule on later data, so one training is evaluated at every segment's end.
         """
+        return None
+
+    def trains(self, params: BranchParams) -> bool:
+        """True (the default): the branch trains from its start. False: its start weights are evaluated under its
+        mask as they are (a one-shot baseline without fine-tuning): no step, no optimizer, ``train_steps == 0``."""
+        return True
+
+    def seeded(self, params: BranchParams) -> bool:
+        """True (the default): the seed changes the result. False: the branch draws nothing random and trains
+        nothing, so every seed gives one result: ``find``'s controls (whatever ``control_seeds``) and
+        ``gpt-tickets branch`` without --seeds run only the first seed; explicit --seeds are still honoured."""
+        return True
+
+    def check_data(self, params: BranchParams, train_blocks: int) -> None:
+        """Refuse parameters the run's training data (``train_blocks`` blocks) cannot serve, once the data is built
+        and before the branch writes anything. The default accepts all."""
         return None
 
     @abstractmethod

@@ -8,7 +8,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from ...config.schema import RunConfig, check_seeds, control_entry
+from ...config.schema import RunConfig, check_rounds, check_seeds, control_entry, control_rounds
 from ...errors import ConfigError, RunError
 from ...models.params import load_parameters
 from ...sparsity.masks import Mask
@@ -20,11 +20,17 @@ from .registry import get_branch
 
 
 def branch_params(
-    branch: Branch, cfg: RunConfig, round: int, seeds: list[int], own: dict[str, Any]
+    branch: Branch, cfg: RunConfig, round: int, seeds: list[int], own: dict[str, Any], explicit: bool = True
 ) -> list[BranchParams]:
-    """One parameter set per seed, in order, each checked against the run (``cfg``) before anything is written."""
+    """One parameter set per seed, in order, each checked against the run (``cfg``) before anything is written.
+
+    Seeds that are not ``explicit`` (defaults) give a branch that is not seeded (``Branch.seeded``) only the first:
+    its other seeds would repeat the same result.
+    """
     check_seeds("seeds", seeds)
     params = [branch.params(round, seed, **own) for seed in seeds]
+    if not explicit and not branch.seeded(params[0]):
+        params = params[:1]
     for p in params:
         branch.check(p, cfg)
     return params
@@ -36,19 +42,31 @@ def default_seeds(cfg: RunConfig) -> list[int]:
 
 
 def control_params(cfg: RunConfig) -> list[tuple[Branch, BranchParams]]:
-    """The controls ``find`` ends with: every ``controls`` entry on the final round at every ``control_seeds`` seed
-    (default: the two after the run's, seed + 1 and seed + 2), in order."""
+    """The controls ``find`` ends with: every ``controls`` entry on its rounds (``rounds``; default: the final round)
+    at every ``control_seeds`` seed (default: the two after the run's, seed + 1 and seed + 2; a branch that is not
+    seeded: the first only), in order, each once."""
     seeds = default_seeds(cfg) if cfg.control_seeds is None else cfg.control_seeds
-    controls = []
-    for name, own in map(control_entry, cfg.controls):
+    controls: dict[tuple[str, str], tuple[Branch, BranchParams]] = {}
+    for name, entry in map(control_entry, cfg.controls):
         branch = get_branch(name)
-        controls += [(branch, p) for p in branch_params(branch, cfg, cfg.prune.rounds, seeds, own)]
-    return controls
+        rounds, own = control_rounds(name, entry, cfg.prune.rounds)
+        for r in rounds:
+            for p in branch_params(branch, cfg, r, seeds, own, explicit=False):
+                controls.setdefault((name, p.key()), (branch, p))  # one folder, one result, however often listed
+    return list(controls.values())
+
+
+def check_with_data(train_blocks: int, branches: list[tuple[Branch, BranchParams]]) -> None:
+    """Every branch's parameters against the run's number of training blocks (``Branch.check_data``), before any is
+    trained."""
+    for branch, params in branches:
+        branch.check_data(params, train_blocks)
 
 
 def train_branches(ctx: RunContext, branches: list[tuple[Branch, BranchParams]]) -> list[BranchResult]:
     """Train ``branches`` in order, on the trackers' step axis after the rounds and each after the one before (a
     branch of segments spans all of their steps)."""
+    check_with_data(len(ctx.train_blocks), branches)
     offset, results = (ctx.cfg.prune.rounds + 1) * ctx.cfg.train.steps, []
     for branch, params in branches:
         results.append(train_branch(ctx, branch, params, log_offset=offset))
@@ -60,14 +78,15 @@ def train_branch(ctx: RunContext, branch: Branch, params: BranchParams, log_offs
     """Train ``branch`` in ``ctx``'s run unless its result exists; returns its result.
 
     A branch of segments (``Branch.segments``) trains them in order, each a phase in ``segment_<j>/`` skipped when
-    done; its result (``BranchResult.of_segments``) is written last, the marker that every segment is done.
+    done; its result (``BranchResult.of_segments``) is written last, the marker that every segment is done. A branch
+    that does not train (``Branch.trains``) is evaluated from its start as it is, recorded as a trained phase is.
     """
     folder = ctx.run_dir.branch(branch.name, params.key())
     finished = _finished(RunDir.done(folder), ctx.acc.print)
     if finished is not None:
         return finished
     count = branch.segments(params)
-    if count is None:
+    if count is None or not branch.trains(params):
         phase = Phase(
             key=f"branch {branch.name} {params.key()}",
             folder=folder,
@@ -108,7 +127,8 @@ def _segment(ctx: RunContext, branch: Branch, params: BranchParams, j: int, log_
 
 def _branch_start(ctx: RunContext, branch: Branch, params: BranchParams) -> Callable[[], Mask]:
     def start() -> Mask:
-        weights, mask = branch.start(FinishedRound(ctx.run_dir, params.round, ctx.model), params)
+        source = FinishedRound(ctx.run_dir, params.round, ctx.model, train_blocks=ctx.train_blocks)
+        weights, mask = branch.start(source, params)
         load_parameters(ctx.model, weights)
         return mask
 
@@ -124,7 +144,7 @@ def _continue_from(ctx: RunContext, previous: Path) -> Callable[[], Mask]:
 
 
 def _train(ctx: RunContext, phase: Phase, branch: Branch, params: BranchParams) -> BranchResult:
-    trained = ctx.train(phase)
+    trained = ctx.train(phase) if branch.trains(params) else ctx.evaluate(phase)
     result = BranchResult.measured(
         trained.mask,
         ctx.model_type,
@@ -152,14 +172,16 @@ def _finished(done: Path, say: Callable[[str], None]) -> BranchResult | None:
 def run_branch(
     run_dir: str | Path,
     name: str,
-    round: int | None = None,
+    round: int | list[int] | str | None = None,
     seeds: list[int] | None = None,
     accelerator: Accelerator | None = None,
     **params: Any,
 ) -> list[BranchResult]:
-    """Run branch ``name`` on the finished run in ``run_dir`` from round ``round`` (default: the final round), once
-    per seed of ``seeds`` (default: the run's seed + 1 and + 2), with the branch's own ``params`` (e.g. ``rewind=50``).
-    Returns one result per seed, in order. A finished branch is read back, not recomputed; a killed one resumes.
+    """Run branch ``name`` on the finished run in ``run_dir`` from round ``round`` (default: the final round; a list
+    of rounds, or ``"all"``: every pruned round 1..R), once per seed of ``seeds`` (default: the run's seed + 1 and
+    + 2; the first only for a branch that is not seeded, ``Branch.seeded``), with the branch's own ``params`` (e.g.
+    ``rewind=50``). Returns one result per round and seed, rounds first, in order. A finished branch is read back,
+    not recomputed; a killed one resumes.
 
     Bad input (no run there, an unknown branch or parameter, a bad value, a round not finished, seeds that are
     not distinct integers 0..2**63-1) raises ``ConfigError`` before anything is written.
@@ -167,17 +189,29 @@ def run_branch(
     run = RunDir(run_dir)
     cfg = run.stored_config()
     branch = get_branch(name)
-    r = cfg.prune.rounds if round is None else round
-    every = branch_params(branch, cfg, r, default_seeds(cfg) if seeds is None else seeds, params)
+    rounds = _rounds(round, cfg.prune.rounds)
+    given = default_seeds(cfg) if seeds is None else seeds
+    every = [p for r in rounds for p in branch_params(branch, cfg, r, given, params, explicit=seeds is not None)]
     finished = run.finished_rounds(cfg.prune.rounds)
-    if r not in finished:
-        have = f"finished rounds: {', '.join(map(str, finished))}" if finished else "no round has finished yet"
-        raise ConfigError(
-            f"round {r} of the run in {str(run.root)!r} is not finished (the run has rounds "
-            f"0..{cfg.prune.rounds}; {have})"
-        )
+    for r in rounds:
+        if r not in finished:
+            have = f"finished rounds: {', '.join(map(str, finished))}" if finished else "no round has finished yet"
+            raise ConfigError(
+                f"round {r} of the run in {str(run.root)!r} is not finished (the run has rounds "
+                f"0..{cfg.prune.rounds}; {have})"
+            )
     results = [_finished(RunDir.done(run.branch(branch.name, p.key())), print) for p in every]
     if all(result is not None for result in results):  # read back without building data, model and trainer
         return results
     with RunContext(cfg, accelerator or accelerator_for(cfg), claim=False) as ctx:
         return train_branches(ctx, [(branch, p) for p in every])
+
+
+def _rounds(round: int | list[int] | str | None, last: int) -> list[int]:
+    """``run_branch``'s rounds: None is the final round; one round is checked where it is used (a round number, a
+    finished round); ``all`` or a list as a ``controls`` entry's ``rounds``."""
+    if round is None:
+        return [last]
+    if isinstance(round, int) and not isinstance(round, bool):
+        return [round]
+    return check_rounds("round", round, last)
