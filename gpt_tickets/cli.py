@@ -321,6 +321,35 @@ def _add_push(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentPa
     return push
 
 
+def _shrink(args: argparse.Namespace, rest: list[str]) -> int:
+    from .tickets.shrink import SHRINK_FILE, shrink_ticket
+
+    out = shrink_ticket(args.ticket, args.out, revision=args.revision)
+    record = json.loads((out / SHRINK_FILE).read_text())
+    before, after = record["parameters"]["before"], record["parameters"]["after"]
+    changes = ", ".join(f"{key}={value}" for key, value in record["config_changes"].items())
+    print(f"shrunk {args.ticket} into {out}: {before:,} -> {after:,} parameters ({changes})")
+    return 0
+
+
+def _add_shrink(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    shrink = sub.add_parser(
+        name,
+        help="write a structured ticket as a smaller standard model that plain transformers loads",
+        description="Removes the ticket's entirely masked units: MLP neurons (GPT-2: n_inner; Llama, Mistral, Qwen2: "
+        "intermediate_size) and Llama-family KV groups (num_key_value_heads and num_attention_heads, head_dim set "
+        "explicitly), and writes OUT as a standard model with its tokenizer, a model card and shrink_config.json "
+        "(the removed units of each layer); its logits equal the masked ticket's. Every layer must lose as many "
+        "units (uniform allocation); only whole units may be masked; GPT-2's masked heads stay as zeros (its head "
+        "size is fixed). Anything else is one line and exit code 2, with nothing written.",
+        allow_abbrev=False,
+    )
+    shrink.add_argument("ticket", help="a ticket folder (e.g. runs/tiny/ticket) or a Hub repo id")
+    shrink.add_argument("out", help="the new model's folder (new, empty, or an earlier shrink output)")
+    shrink.add_argument("--revision", default=None, help="branch, tag or commit of a Hub ticket")
+    return shrink
+
+
 Command = tuple[Callable[[argparse._SubParsersAction, str], argparse.ArgumentParser], Callable[..., int]]
 
 # The command table: name -> (adds its parser, runs it). A test checks that the parser offers exactly these.
@@ -331,6 +360,7 @@ COMMANDS: dict[str, Command] = {
     "stability": (_add_stability, _stability),
     "eval": (_add_eval, _eval),
     "push": (_add_push, _push),
+    "shrink": (_add_shrink, _shrink),
 }
 
 

@@ -14,7 +14,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 def test_parser_and_command_table_agree():
     subcommands = _subcommands(build_parser())
-    assert list(subcommands) == list(COMMANDS) == ["find", "branch", "report", "stability", "eval", "push"]
+    assert list(subcommands) == list(COMMANDS) == ["find", "branch", "report", "stability", "eval", "push", "shrink"]
     for name, (_, run) in COMMANDS.items():
         assert subcommands[name].get_default("run") is run
         assert subcommands[name].prog.endswith(name)

@@ -123,6 +123,15 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise ConfigError(f"uses the YAML alias *{event.anchor}; run configs do not allow anchors and aliases")
         return super().compose_node(parent, index)
 
+    def construct_yaml_int(self, node):  # type: ignore[no-untyped-def]
+        """YAML 1.1 reads 2:4 as the base-60 number 124; a run config reads it as text, as YAML 1.2 does (an N:M
+        pattern: prune.nm: 2:4)."""
+        text = self.construct_scalar(node)
+        return text if ":" in text else super().construct_yaml_int(node)
+
+
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_yaml_int)
+
 
 def load_yaml(text: str, what: str) -> Any:
     """Parse YAML as plain data; anything else (invalid YAML, aliases) is one line naming ``what``."""

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..tickets.format import WEIGHT_FORMATS
+from ..tickets.format import EXPORT_FORMATS, parse_nm
 
 PRUNABLE_GROUPS = ("attention", "mlp", "embeddings")
 SCOPES = ("global", "layer")
 RETRAIN_MODES = ("rewind", "lr_rewind", "finetune")
 SCORE_NAMES = ("magnitude", "normalized_magnitude")  # sparsity.scores.SCORES holds the functions
+STRUCTURES = ("weights", "units", "nm")
+ALLOCATIONS = ("global", "uniform")
 INITS = ("scratch", "pretrained")
 DATA_SOURCES = ("embedded", "hub", "files")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -38,6 +40,9 @@ ADDED_SINCE_0_2 = {
     ("prune", "retrain"): "rewind",
     ("prune", "score"): "magnitude",
     ("prune", "group_fractions"): None,
+    ("prune", "structure"): "weights",
+    ("prune", "allocation"): None,
+    ("prune", "nm"): None,
 }
 
 # The embedded default: small enough that the whole ticket loop runs in minutes on 2 CPU cores.
@@ -266,6 +271,28 @@ class PruneConfig:
             "the unlisted groups are pruned together at `fraction` (None: all groups together)"
         },
     )
+    structure: str = field(
+        default="weights",
+        metadata={
+            "help": "what a round removes: weights (single entries), units (whole attention heads and MLP neurons, "
+            "with their biases: p of the surviving heads and of the surviving neurons) or nm (N:M groups, see nm)"
+        },
+    )
+    allocation: str | None = field(
+        default=None,
+        metadata={
+            "help": "structure units: global (each kind of unit ranked over all layers) or uniform (the same count "
+            "removed in every layer, so the ticket can shrink to a smaller standard model); None: global"
+        },
+    )
+    nm: str | None = field(
+        default=None,
+        metadata={
+            "help": "N:M pattern of structure nm, e.g. 2:4: each round tightens toward at most N of every M "
+            "consecutive inputs of an output unit (round R keeps exactly N); M must divide every pruned weight's "
+            "input size; required with structure nm, refused otherwise"
+        },
+    )
 
     def __post_init__(self) -> None:
         check(self.rounds >= 1, f"prune.rounds={self.rounds} must be >= 1")
@@ -285,6 +312,64 @@ class PruneConfig:
         _one_of("prune.score", self.score, SCORE_NAMES)
         if self.group_fractions is not None:
             self._check_group_fractions(self.group_fractions)
+        _one_of("prune.structure", self.structure, STRUCTURES)
+        if self.allocation is not None:
+            _one_of("prune.allocation", self.allocation, ALLOCATIONS)
+            check(
+                self.structure == "units",
+                f"prune.allocation={self.allocation} applies to prune.structure=units only, not "
+                f"{self.structure}; leave it out",
+            )
+        if self.structure == "units":
+            self._check_units()
+        if self.structure == "nm":
+            self._check_nm()
+        else:
+            check(
+                self.nm is None,
+                f"prune.nm={self.nm!r} applies to prune.structure=nm only, not {self.structure}; leave it out or "
+                "set prune.structure=nm",
+            )
+
+    def _check_nm(self) -> None:
+        """N:M masks follow their own schedule to N of every M, the same in every matrix (``sparsity.nm``)."""
+        check(self.nm is not None, "prune.nm is required with prune.structure=nm; write N:M, e.g. prune.nm=2:4")
+        self.nm_pattern()
+        check(
+            self.group_fractions is None,
+            "prune.group_fractions prunes groups at their own rates; prune.structure=nm prunes every matrix to the "
+            "same N:M: leave group_fractions out",
+        )
+
+    def nm_pattern(self) -> tuple[int, int]:
+        """(N, M) of ``nm`` (ConfigError, one line, when it is not N:M with 0 < N < M)."""
+        try:
+            return parse_nm(self.nm)
+        except ValueError as err:
+            raise ConfigError(f"prune.nm={err}") from None
+
+    def _check_units(self) -> None:
+        """Units are whole heads and neurons, ranked by their own score (``sparsity.units``) in pools per kind."""
+        check(
+            "embeddings" not in self.groups,
+            f"prune.groups={self.groups} lists embeddings, which have no heads or neurons; with "
+            "prune.structure=units choose from attention, mlp",
+        )
+        check(
+            self.scope == "global",
+            f"prune.scope={self.scope} ranks single weights; with prune.structure=units choose prune.allocation "
+            "(global or uniform) instead",
+        )
+        check(
+            self.score == "magnitude",
+            f"prune.score={self.score} scores single weights; prune.structure=units scores whole units by their "
+            "norm: leave prune.score out",
+        )
+
+    @property
+    def unit_allocation(self) -> str:
+        """How structure units spreads each round's removals over the layers: ``allocation``, global when unset."""
+        return self.allocation or "global"
 
     def _check_group_fractions(self, group_fractions: dict[str, float]) -> None:
         check(bool(group_fractions), "prune.group_fractions is empty; list {group: fraction} or leave it null")
@@ -325,7 +410,10 @@ class TrackConfig:
 class ExportConfig:
     format: str = field(
         default="dense",
-        metadata={"help": "dense (model.safetensors), compact (kept values + bitmaps) or both"},
+        metadata={
+            "help": "dense (model.safetensors), compact (kept values + bitmaps), both, or shrink (the dense ticket and "
+            "beside it ticket_shrunk/: a smaller standard model without the wholly pruned neurons and KV groups)"
+        },
     )
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Hub repo id (org/name) the ticket is pushed to at the end (None: no push)"}
@@ -333,7 +421,7 @@ class ExportConfig:
     private: bool = field(default=False, metadata={"help": "create the Hub repo private"})
 
     def __post_init__(self) -> None:
-        _one_of("export.format", self.format, WEIGHT_FORMATS)
+        _one_of("export.format", self.format, EXPORT_FORMATS)
         if self.push_to_hub is not None:
             check(
                 self.push_to_hub.count("/") == 1 and all(self.push_to_hub.split("/")),

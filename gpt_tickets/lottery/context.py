@@ -18,17 +18,19 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from transformers import PreTrainedTokenizerBase
 
-from ..config.schema import RunConfig
+from ..config.schema import PruneConfig, RunConfig
 from ..data import group_into_blocks, load_pretrained_tokenizer, load_text_splits, tokenize_stream, train_tokenizer
 from ..data.tokenizer import save_tokenizer
 from ..errors import ConfigError, RunError
 from ..eval.perplexity import PerplexityResult, perplexity
 from ..io import load_tensors
 from ..models.build import build_model, check_context, scratch_config
-from ..models.families import prunable_weights
+from ..models.families import PrunableWeight, prunable_weights
 from ..models.params import save_parameters
 from ..sparsity.apply import MaskedParameters
 from ..sparsity.masks import Mask, mask_checksum
+from ..sparsity.nm import first_indivisible
+from ..sparsity.units import check_unit_schedule, unit_parameters
 from ..threads import set_intra_op_threads
 from ..train.checkpoints import Checkpoints
 from ..train.trainer import EpochPermutation, Trainer, TrainOutcome, diverged
@@ -121,7 +123,9 @@ class RunContext:
             check_data(len(train_blocks))
         self.val_ids = tokenize_stream(val_texts, tokenizer)[: cfg.data.max_validation_tokens]
         self.train_blocks = train_blocks  # the loader's own tensor, no copy: for branches that calibrate on it
-        self.full_mask = Mask.ones_like(model, prunable_weights(model, cfg.prune.groups))
+        self.full_mask = Mask.ones_like(model, _maskable(model, cfg.prune))
+        if cfg.prune.structure == "nm":
+            check_nm_fits(self.full_mask, model.config.model_type, cfg.prune.nm, cfg.prune.nm_pattern()[1])
 
         if acc.is_main_process and claim:
             run.claim(cfg)
@@ -293,11 +297,31 @@ class RunContext:
         self.checkpoints.clear()
 
 
+def _maskable(model: torch.nn.Module, prune: PruneConfig) -> list[PrunableWeight]:
+    """The parameters the run's masks cover: the prunable weights of ``prune.groups``; with structure units also the
+    biases of heads and neurons, on a schedule the unit counts can meet (checked here, before anything is written)."""
+    if prune.structure != "units":
+        return prunable_weights(model, prune.groups)
+    check_unit_schedule(model.config, prune)
+    return unit_parameters(model, prune.groups)
+
+
 def first_blocks(blocks: torch.Tensor, seed: int, count: int) -> torch.Tensor:
     """The first ``count`` of ``blocks`` in the data order of ``seed`` (epoch 0): what round 0's first
     ``count`` blocks of batches were, on any number of processes (they shard the same order)."""
     order = EpochPermutation(len(blocks), seed)
     return blocks[torch.tensor(list(itertools.islice(order, count)), dtype=torch.long)]
+
+
+def check_nm_fits(mask: Mask, model_type: str, nm: str, m: int) -> None:
+    """N:M groups need M to divide every pruned weight's input size: refused in one line before anything is written."""
+    indivisible = first_indivisible(mask, model_type, m)
+    if indivisible:
+        name, size = indivisible
+        raise ConfigError(
+            f"prune.nm={nm}: M={m} does not divide the input size {size} of weight {name!r}; choose an M that "
+            "divides every pruned weight's input size"
+        )
 
 
 def check_ranks_agree(acc: Accelerator, key: str, mask: Mask) -> None:

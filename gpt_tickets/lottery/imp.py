@@ -11,14 +11,17 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 
 from ..config.schema import RunConfig
 from ..models.params import load_parameters
 from ..reporting.tables import results_table
 from ..sparsity.masks import Mask
+from ..sparsity.nm import prune_nm
 from ..sparsity.scores import SCORES
 from ..sparsity.select import group_pools, prune_pools
+from ..sparsity.units import prune_units
 from ..tickets.export import export_ticket
 from .branches.base import Branch, BranchParams
 from .branches.runner import check_with_data, control_params, train_branches
@@ -115,8 +118,20 @@ def _start_round(ctx: RunContext, r: int) -> Mask:
     load_parameters(ctx.model, run.round(r - 1) / "trained.safetensors")
     previous = run.round_mask(r - 1)
     trained = {n: ctx.model.get_parameter(n) for n in previous}  # pruned where they live, no copy
-    pools = group_pools(previous, ctx.model_type, cfg.prune.fraction, cfg.prune.scope, cfg.prune.group_fractions)
-    mask = prune_pools(trained, previous, pools, score=SCORES[cfg.prune.score])
+    mask = _prune_round(ctx, trained, previous, r)
     if cfg.prune.retrain == "rewind":
         load_parameters(ctx.model, run.rewind)
     return mask
+
+
+def _prune_round(ctx: RunContext, trained: dict[str, torch.Tensor], previous: Mask, r: int) -> Mask:
+    """Round r's mask from round r-1's trained weights, by ``prune.structure``: single weights (pools by group and
+    scope, lowest score first), whole heads and neurons (``sparsity.units``) or a step toward N:M (``sparsity.nm``)."""
+    prune = ctx.cfg.prune
+    if prune.structure == "units":
+        return prune_units(trained, previous, ctx.model, prune.fraction, prune.unit_allocation, prune.group_fractions)
+    if prune.structure == "nm":
+        n, m = prune.nm_pattern()
+        return prune_nm(trained, previous, ctx.model_type, n, m, round=r, rounds=prune.rounds)
+    pools = group_pools(previous, ctx.model_type, prune.fraction, prune.scope, prune.group_fractions)
+    return prune_pools(trained, previous, pools, score=SCORES[prune.score])

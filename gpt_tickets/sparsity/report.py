@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..models.families import PRUNABLE_PATTERNS, classify
+from ..models.families import PRUNABLE_PATTERNS, classify, module_weight
 from .masks import Mask
 
 
@@ -47,13 +47,14 @@ def weight_group(model_type: str, name: str) -> str:
 def weight_kind(model_type: str, name: str) -> str:
     """A weight's name without its layer prefix and ``.weight``: ``transformer.h.3.mlp.c_fc.weight`` -> ``mlp.c_fc``.
 
-    Weights outside the layers (embeddings) keep their full name, less ``.weight``.
+    Weights outside the layers (embeddings) keep their full name, less ``.weight``; a masked bias (unit masks) keeps
+    ``.bias``: ``mlp.c_fc.bias``, a kind of its own.
     """
     stem = name.removesuffix(".weight")
     info = classify(model_type, name)
     if info is None or info.layer is None:
         return stem
-    match = re.fullmatch(PRUNABLE_PATTERNS[model_type][info.group], name)
+    match = re.fullmatch(PRUNABLE_PATTERNS[model_type][info.group], module_weight(name))
     return stem[match.end("layer") + 1 :]
 
 

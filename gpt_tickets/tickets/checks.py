@@ -18,8 +18,17 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, Pretr
 
 from ..errors import TicketError, first_line
 from ..sparsity.masks import Mask, first_stray_weight, mask_checksum
+from ..sparsity.nm import first_nm_violation
 from .encoding import check_kept_values, dense_weight_files, load_packed_masks, read_header
-from .format import COMPACT_FILE, DENSE_INDEX_FILE, MASKS_FILE, TICKET_CONFIG_FILE, TicketConfig, read_ticket_config
+from .format import (
+    COMPACT_FILE,
+    DENSE_INDEX_FILE,
+    MASKS_FILE,
+    TICKET_CONFIG_FILE,
+    TicketConfig,
+    parse_nm,
+    read_ticket_config,
+)
 
 Shape = tuple[int, ...]
 
@@ -194,6 +203,16 @@ def _check_mask_checksum(mask: Mask, tcfg: TicketConfig) -> None:
         )
 
 
+def check_nm_pattern(mask: Mask, model_type: str, nm: str | None) -> None:
+    """A ticket recording an N:M pattern (``nm``) keeps it in every mask, on save and on load: TicketError, one line
+    naming the first weight and group that break it."""
+    if nm is None:
+        return
+    violation = first_nm_violation(mask, model_type, *parse_nm(nm))
+    if violation:
+        raise TicketError(f"the ticket's N:M pattern is {nm}, but {violation}")
+
+
 def check_ticket_folder(folder: Path) -> tuple[TicketConfig, Mask]:
     """Every check that needs no weights in memory, before any model is allocated: ``ticket_config.json``, the
     masks, and the weight files' headers against config.json and the masks (names, shapes, layer count).
@@ -214,6 +233,7 @@ def check_ticket_folder(folder: Path) -> tuple[TicketConfig, Mask]:
         _check_weights_fit(weights, layout, mask)
     _check_masks_fit(mask, layout)
     _check_mask_checksum(mask, tcfg)
+    check_nm_pattern(mask, config.model_type, tcfg.nm)
     return tcfg, mask
 
 

@@ -19,8 +19,10 @@ from ..reporting.summary import Plot
 from ..sparsity.masks import Mask, first_stray_weight, mask_checksum
 from ..sparsity.report import sparsity_report
 from .card import PLOTS_DIR, model_card
+from .checks import check_nm_pattern
 from .encoding import read_dense_weights, save_compact, save_packed_masks
 from .format import COMPACT_FILE, DENSE_FILE, DENSE_INDEX_FILE, MASKS_FILE, TICKET_CONFIG_FILE, TicketConfig
+from .shrink import check_out_dir, plan_shrink, shrunk_dir, write_shrunk
 
 
 def package_version() -> str:
@@ -57,6 +59,7 @@ def ticket_config(
         gpt_tickets_version=package_version(),
         val_perplexity=val_perplexity,
         dense_val_perplexity=dense_val_perplexity,
+        nm=cfg.prune.nm,
     )
 
 
@@ -111,13 +114,21 @@ def export_ticket(
         report_dir, plots: the run's report folder and the plots in it (``gpt-tickets report``): copied into the
             ticket's ``plots/`` and shown in the model card, so they travel with the folder to the Hub.
         weights_format: ``dense`` (``model.safetensors``, zeros where pruned), ``compact`` (kept values and bitmaps
-            only) or ``both``; default ``cfg.export.format``.
+            only) or ``both``; default ``cfg.export.format``. ``shrink``: the ticket as ``dense`` and, beside it in
+            ``<out_dir>_shrunk``, the smaller standard model without its wholly pruned units (``shrink.py``). The
+            ticket stays a ticket (masks, ``load_ticket``, push, resume all read it); the shrunk model has no masks.
     """
     weights_format = weights_format or cfg.export.format
     out_dir = Path(out_dir)
+    shrink = weights_format == "shrink"
+    if shrink:  # checked before anything is written: a mask that does not shrink is one line
+        weights_format = "dense"
+        plan_shrink(model.config, mask)
+        check_out_dir(shrunk_dir(out_dir), out_dir)
     stray = first_stray_weight(model, mask)
     if stray:
         raise TicketError(f"weight {stray[0]!r} is non-zero where its mask is 0; refusing to export")
+    check_nm_pattern(mask, model.config.model_type, cfg.prune.nm)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     with library_bars_off():
@@ -129,4 +140,6 @@ def export_ticket(
     atomic_write_text(model_card(cfg, tcfg, history, plots), tmp / "README.md")
     share_like_other_files(*(p for p in tmp.iterdir() if p.is_file()))  # save_pretrained's weights come 0600
     replace_dir(tmp, out_dir)
+    if shrink:
+        write_shrunk(model, tokenizer, mask, shrunk_dir(out_dir), f"The ticket `{out_dir.name}/` beside this", tcfg)
     return out_dir

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import reprlib
 import types
 import typing
@@ -24,6 +25,8 @@ from ..errors import TicketError, first_line
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 WEIGHT_FORMATS = ("dense", "compact", "both")
+# export.format: a weight format, or shrink (a dense ticket plus the smaller standard model beside it, see shrink.py)
+EXPORT_FORMATS = (*WEIGHT_FORMATS, "shrink")
 
 TICKET_CONFIG_FILE = "ticket_config.json"
 MASKS_FILE = "ticket_masks.safetensors"
@@ -33,6 +36,21 @@ DENSE_INDEX_FILE = "model.safetensors.index.json"
 
 MASKS_FORMAT = "gpt_tickets/packed-bits"
 COMPACT_FORMAT = "gpt_tickets/compact"
+
+_NM = re.compile(r"(\d{1,6}):(\d{1,6})")
+
+
+def parse_nm(text: object) -> tuple[int, int]:
+    """An N:M pattern (``"2:4"``: at most N of every M consecutive inputs kept) as (N, M); ValueError saying what is
+    wrong otherwise. Here because the ticket records it: the run config and the ticket check the same syntax."""
+    match = _NM.fullmatch(text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"{_short(text)} is not N:M; write two positive integers N < M, e.g. 2:4")
+    n, m = int(match[1]), int(match[2])
+    if not 0 < n < m:
+        why = "N >= M prunes nothing" if n >= m else "N=0 keeps nothing"
+        raise ValueError(f"{_short(text)} keeps N={n} of every M={m}; N must be in 1..M-1 ({why}), e.g. 2:4")
+    return n, m
 
 
 @dataclass
@@ -55,6 +73,7 @@ class TicketConfig:
     base_config: dict[str, Any] | None = None  # model_type and config keys (init=scratch)
     val_perplexity: float | None = None  # the ticket's, and the dense model's, on the run's validation data
     dense_val_perplexity: float | None = None
+    nm: str | None = None  # the N:M pattern every mask keeps (prune.structure nm), checked on save and on load
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +105,11 @@ class TicketConfig:
             if not _matches(data[f.name], hints[f.name]):
                 raise TicketError(f"{where}: {f.name}={_short(data[f.name])} is not of type {hints[f.name]}")
             values[f.name] = data[f.name]
+        if values.get("nm") is not None:
+            try:
+                parse_nm(values["nm"])
+            except ValueError as err:
+                raise TicketError(f"{where}: nm={err}") from None
         return cls(**values)  # keys this version does not know are ignored: newer writers may add facts
 
 
