@@ -22,6 +22,7 @@ MICRO = [
     "--prune.rewind_step", "3",
     "--eval.batch_size", "8",
     "--control_seeds", "[1]",  # one seed per control keeps the tests fast; the default runs two
+    "--controls", "[random_reinit, random_prune]",  # the default's one-shot baselines: tests/test_oneshot.py
 ]  # fmt: skip
 
 

@@ -73,7 +73,9 @@ def start_and_kill_mid_round(run: Path, wanted_checkpoints: int) -> None:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if (run / "round_0" / "result.json").exists() and len(checkpoints(run)) >= wanted_checkpoints:
+        # Round 1's mask is written when it starts, after round 0's checkpoints are cleared: the ones counted are
+        # round 1's (counting right after round 0's result.json could catch round 0's, about to be cleared).
+        if (run / "round_1" / "mask.safetensors").exists() and len(checkpoints(run)) >= wanted_checkpoints:
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)

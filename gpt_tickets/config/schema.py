@@ -443,7 +443,12 @@ class RunConfig:
     # list[Any]: an entry is a branch name or {name: {param: value}}, checked by control_entry (the loader's types
     # take no union of a string and a mapping)
     controls: list[Any] = field(
-        default_factory=lambda: ["random_reinit", "random_prune"],
+        default_factory=lambda: [
+            "random_reinit",
+            "random_prune",
+            {"oneshot_magnitude": {"rounds": "all"}},
+            {"wanda": {"rounds": "all"}},
+        ],
         metadata={
             "help": "branches run on the final round at the end of find, each at every control seed: a name, or "
             "{name: {param: value}} for its parameters beyond round and seed, e.g. {rewind_step: {rewind: 50}}; "

@@ -222,7 +222,7 @@ class RunContext:
             data_offset=phase.data_offset,
             final_lr=phase.final_lr,
         )
-        return Trained(mask, outcome, self._validate())
+        return Trained(mask, outcome, self.validate())
 
     def evaluate(self, phase: Phase) -> Trained:
         """Evaluate ``phase``'s start weights under its mask without training (a one-shot baseline): the masked
@@ -245,9 +245,9 @@ class RunContext:
         MaskedParameters(self.model, mask).zero_weights()
         first_batch = first_blocks(self.train_blocks, self.cfg.seed, self.cfg.train.batch_size)
         outcome = TrainOutcome(steps=0, seconds=seconds, final_loss=self._mean_loss(first_batch))
-        return Trained(mask, outcome, self._validate())
+        return Trained(mask, outcome, self.validate())
 
-    def _validate(self) -> PerplexityResult:
+    def validate(self) -> PerplexityResult:
         """The validation perplexity every phase is scored by."""
         cfg = self.cfg
         return perplexity(

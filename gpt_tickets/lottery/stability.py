@@ -38,7 +38,7 @@ from accelerate import Accelerator
 
 from ..config.schema import MAX_SEED, RunConfig, check, check_seeds
 from ..errors import ConfigError, RunError
-from ..eval.perplexity import PerplexityResult, perplexity
+from ..eval.perplexity import PerplexityResult
 from ..io import load_tensors, read_checked_json, write_checked_json
 from ..models.params import load_parameters, parameters_cpu, save_parameters
 from ..reporting.tables import markdown_table
@@ -267,18 +267,7 @@ def _stability_at(
     cfg, acc = ctx.cfg, ctx.acc
     offset = (cfg.prune.rounds + 1) * cfg.train.steps + log_offset  # on the trackers' axis, after the rounds
     (_, a), (_, b) = (_copy(ctx, r, k, s, start, offset + j * cfg.train.steps) for j, s in enumerate(seeds))
-
-    def evaluate() -> PerplexityResult:
-        return perplexity(
-            ctx.trainer.model,
-            ctx.val_ids,
-            max_length=cfg.data.block_size,
-            stride=cfg.eval.stride,
-            batch_size=cfg.eval.batch_size,
-            accelerator=acc,
-        )
-
-    alphas, evaluations = interpolate(ctx.model, a, b, points, evaluate)
+    alphas, evaluations = interpolate(ctx.model, a, b, points, ctx.validate)
     val_nll = [e.nll for e in evaluations]
     curve = InterpolationResult(
         round=r,

@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator, PercentFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator, PercentFormatter
 
 from .summary import Plot
 
@@ -183,7 +183,11 @@ def perplexity_vs_sparsity(plot: PerplexityPlot) -> Figure:
     ax.xaxis.set_minor_locator(NullLocator())
     ax.invert_xaxis()  # pruning goes to the right
     ax.set_xlabel("remaining prunable weights (%, log scale)")
-    ax.set_ylabel("validation perplexity (exp of NLL per token)")
+    ax.set_yscale("log")  # equal ratios look equal, and a baseline far off does not flatten the rest
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_ylabel("validation perplexity (log scale)")
     ax.set_title(plot.title)
     ax.grid(alpha=0.3)
     spread = any(s.has_spread for s in plot.all_series())
