@@ -305,11 +305,15 @@ def test_uniform_units_through_the_real_loop(tmp_path):
         (["--prune.structure", "weights", "--prune.allocation", "uniform"], "applies to prune.structure=units only"),
         (["--prune.structure", "unit"], "did you mean units?"),
         (["--prune.allocation", "layer"], "prune.allocation='layer' is not allowed"),
+        (["--controls", "[random_prune]"], "branch random_prune builds unstructured masks, but this run's"),
+        (["--controls", "[{wanda: {rounds: all}}]"], "branch wanda builds unstructured masks"),
+        (["--controls", "[oneshot_magnitude]"], "use random_reinit (the ticket's own mask)"),
     ],
 )
 def test_bad_unit_settings_are_one_line_and_write_nothing(tmp_path, capsys, overrides, message):
     out = tmp_path / "run"
-    assert main(["find", *MICRO, "--prune.structure", "units", *overrides, "--output_dir", str(out)]) == 2
+    units = ["--prune.structure", "units", "--controls", "[]"]
+    assert main(["find", *MICRO, *units, *overrides, "--output_dir", str(out)]) == 2
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and message in lines[0], lines
     assert not out.exists()

@@ -167,3 +167,14 @@ class Branch(ABC):
     @abstractmethod
     def start(self, source: FinishedRound, params: BranchParams) -> tuple[dict[str, torch.Tensor], Mask]:
         """The start weights (every parameter of the model) and the mask to train them under."""
+
+
+def require_unstructured(branch: str, cfg: RunConfig) -> None:
+    """A branch that draws its own weight-by-weight mask would compare a structured ticket with an unstructured
+    control: refuse it on a run whose masks are structured (``prune.structure`` units or nm)."""
+    if cfg.prune.structure != "weights":
+        raise ConfigError(
+            f"branch {branch} builds unstructured masks, but this run's prune.structure is {cfg.prune.structure}: "
+            "it would not be a control of this ticket; use random_reinit (the ticket's own mask), e.g. controls: "
+            "[random_reinit]"
+        )

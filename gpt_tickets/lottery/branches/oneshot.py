@@ -30,7 +30,7 @@ from ...sparsity.masks import Mask
 from ...sparsity.scores import SCORES, Score, wanda
 from ...sparsity.select import Pool, group_pools, prune_pools
 from ..run_dir import RunDir
-from .base import Branch, BranchParams, FinishedRound, dense_trained_file
+from .base import Branch, BranchParams, FinishedRound, dense_trained_file, require_unstructured
 from .registry import register
 
 
@@ -102,6 +102,7 @@ class OneShot(Branch):
         return params.seed if self.trains(params) else None
 
     def check(self, params: OneShotParams, cfg: RunConfig) -> None:
+        require_unstructured(self.name, cfg)
         if params.round == 0:
             raise ConfigError(
                 f"round=0 is not allowed for branch {self.name}: it prunes to a pruned round's sparsity and round 0 is "

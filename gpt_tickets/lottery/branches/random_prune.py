@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ...config.schema import RunConfig
 from ...sparsity.masks import Mask
-from .base import Branch, BranchParams, FinishedRound
+from .base import Branch, BranchParams, FinishedRound, require_unstructured
 from .registry import register
 
 
@@ -29,6 +30,9 @@ def random_mask_like(mask: Mask, seed: int) -> Mask:
 class RandomPrune(Branch):
     name = "random_prune"
     description = "random masks with round r's per-matrix sparsity, on the rewind weights (seed S)"
+
+    def check(self, params: BranchParams, cfg: RunConfig) -> None:
+        require_unstructured(self.name, cfg)
 
     def start(self, source: FinishedRound, params: BranchParams) -> tuple[dict[str, torch.Tensor], Mask]:
         return source.rewind_weights(), random_mask_like(source.mask(), params.seed)
