@@ -309,7 +309,7 @@ def _whiskers(bars: Sequence[Bar]) -> list[list[float]]:
 
 def _label_bars(ax: Axes, bars: Sequence[Bar], horizontal: bool) -> None:
     """Each bar's mean written just past its whisker (or its end), so the label never sits on the whisker."""
-    crowded = not horizontal and len(bars) > MAX_TICKS
+    crowded = not horizontal and len(bars) > 3  # side by side, more than 3 labels of 5 characters collide
     for i, bar in enumerate(bars):
         end = max(bar.value.mean, bar.value.high) + 0.02
         at = (end, i) if horizontal else (i, end)
@@ -325,7 +325,8 @@ def _label_bars(ax: Axes, bars: Sequence[Bar], horizontal: bool) -> None:
 
 def mask_overlap(plot: OverlapPlot) -> Figure:
     panels = [bars for bars in (plot.consecutive, plot.to_ticket) if bars]
-    figure, axes = _figure(len(panels))
+    # The branch panel's labels are long (a branch and its parameters): give it the room.
+    figure, axes = _figure(len(panels), width_ratios=[1, 1.25] if len(panels) == 2 else None)
     figure.suptitle(plot.title)
     if plot.consecutive:
         ax = axes[0]
@@ -353,8 +354,8 @@ def mask_overlap(plot: OverlapPlot) -> Figure:
         ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
         ax.invert_yaxis()  # first group on top
         ax.tick_params(axis="y", labelsize="small")
-        ax.set_xlabel("Jaccard index with the ticket's mask")
-        ax.set_title(f"branches vs the ticket (round {plot.ticket_round})", fontsize="medium")
+        ax.set_xlabel("Jaccard index")
+        ax.set_title(f"vs the ticket (round {plot.ticket_round})", fontsize="medium")
         ax.grid(alpha=0.3, axis="x")
     return figure
 
