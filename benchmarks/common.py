@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import re
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,3 +46,43 @@ def publish(title: str, lines: list[str], write: str | None) -> None:
     print(text)
     if write:
         write_section(write, title, text)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The options every parent/child benchmark shares (``--threads``, ``--write``, the hidden ``--child``), parsed;
+    torch's threads set as asked."""
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on a CPU (0: torch's default)")
+    parser.add_argument("--write", default=None, help="update this Markdown file's section")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def answer_child(args: argparse.Namespace, modes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> bool:
+    """In a child process (``--child SPEC``): run ``modes[SPEC["mode"]](SPEC)`` and print its JSON; False in the
+    parent."""
+    if args.child is None:
+        return False
+    spec = json.loads(args.child)
+    print(json.dumps(modes[spec["mode"]](spec)))
+    return True
+
+
+def run_child(module: str, spec: dict[str, Any], threads: int, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``spec`` measured by ``python -m module --child`` in a fresh process (a clean peak-memory reading); its
+    result is the JSON of its last line of output."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--threads", str(threads), "--child", json.dumps(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"child {spec} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -30,11 +30,8 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,13 +41,13 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from transformers import GPT2Config
 
+from benchmarks.common import answer_child, parse_args, publish, run_child
 from gpt_tickets.config import TINY_GPT2
 from gpt_tickets.models.build import random_init
 from gpt_tickets.models.families import prunable_weights
 from gpt_tickets.sparsity.masks import Mask
 from gpt_tickets.sparsity.select import magnitude_prune
 
-ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("bisection", "radix", "torch_prune", "kthvalue")
 LABELS = {
     "bisection": "(a) old bisection (~31 passes)",
@@ -230,17 +227,7 @@ def _time_child(size: str, repeats: int) -> dict[str, Any]:
 
 
 def _child(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
-    threads = ["--threads", str(torch.get_num_threads())]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.selection", *threads, "--child", json.dumps(spec)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"child {spec} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child("benchmarks.selection", spec, torch.get_num_threads(), env)
 
 
 def _measure(size: str, repeats: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -297,22 +284,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats, GPT-2 small")
     parser.add_argument("--tiny-repeats", type=int, default=15, help="alternating repeats, tiny GPT-2")
     parser.add_argument("--sizes", nargs="+", default=["tiny", "gpt2-small"], choices=["tiny", "gpt2-small"])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads everywhere (0: torch's default)")
-    parser.add_argument("--write", default=None, help="update this Markdown file's section")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.child is not None:
-        spec = json.loads(args.child)
-        if spec["mode"] == "time":
-            result = _time_child(spec["size"], spec["repeats"])
-        else:
-            result = _memory_child(spec["size"], spec["method"])
-        print(json.dumps(result))
+    args = parse_args(parser)
+    children = {
+        "time": lambda spec: _time_child(spec["size"], spec["repeats"]),
+        "memory": lambda spec: _memory_child(spec["size"], spec["method"]),
+    }
+    if answer_child(args, children):
         return
-
-    from benchmarks.common import publish
 
     lines = [
         "One global selection of IMP: 20% of the remaining attention + MLP weights of a GPT-2 whose mask is at "

@@ -22,12 +22,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import re
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +32,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from benchmarks.common import answer_child, parse_args, publish, run_child
 from gpt_tickets.config import load_config
 from gpt_tickets.config.schema import RunConfig
 from gpt_tickets.models.build import random_init, scratch_config
@@ -45,7 +42,6 @@ from gpt_tickets.sparsity.calibration import input_norms
 from gpt_tickets.sparsity.masks import Mask
 from gpt_tickets.train.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION_BLOCKS = 128  # the wanda branch's default
 MiB = 2**20
 PASSES = ("calibration", "forward_last_logits", "forward_full_logits")
@@ -143,16 +139,7 @@ def _memory_child(config_path: str, which: str) -> dict[str, Any]:
 
 
 def _child(spec: dict[str, Any], threads: int) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.wanda_calibration", "--threads", str(threads), "--child", json.dumps(spec)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"child {spec} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child("benchmarks.wanda_calibration", spec, threads, {"MALLOC_MMAP_THRESHOLD_": "65536"})
 
 
 def _report(config_path: str, timing: dict[str, Any], memory: dict[str, dict[str, Any]]) -> list[str]:
@@ -189,22 +176,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["configs/tiny.yaml"], help="run configs whose shape to use")
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats of the pass and the step")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on a CPU (0: torch's default)")
-    parser.add_argument("--write", default=None, help="update this Markdown file's section")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.child is not None:
-        spec = json.loads(args.child)
-        if spec["mode"] == "time":
-            result = _time_child(spec["config"], spec["repeats"])
-        else:
-            result = _memory_child(spec["config"], spec["which"])
-        print(json.dumps(result))
+    args = parse_args(parser)
+    children = {
+        "time": lambda spec: _time_child(spec["config"], spec["repeats"]),
+        "memory": lambda spec: _memory_child(spec["config"], spec["which"]),
+    }
+    if answer_child(args, children):
         return
-
-    from benchmarks.common import publish
 
     lines = [
         "Wanda's calibration pass (`gpt_tickets.sparsity.calibration.input_norms`, 128 blocks, as the `wanda` "
