@@ -78,9 +78,24 @@ def publish(folder: Path, repos_root: Path, repo_id: str, message: str = "publis
         if child.name != ".git":
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     shutil.copytree(folder, repo, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"))
+    # A fresh index: git's stat cache would otherwise keep the old blob of a file rewritten with the same size,
+    # inode and (coarse-clock) mtime, and commit stale content under a new sha (seen once in CI).
+    (repo / ".git" / "index").unlink(missing_ok=True)
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "--allow-empty", "-m", message)
+    _check_committed(repo, folder)
     return _git(repo, "rev-parse", "HEAD")
+
+
+def _check_committed(repo: Path, folder: Path) -> None:
+    """The commit holds exactly the folder's bytes: a stale blob would otherwise surface as a confusing download."""
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and ".git" not in p.parts)
+    listing = _git(repo, "ls-tree", "-r", "--format=%(path) %(objectname)", "HEAD")
+    committed = dict(line.rsplit(" ", 1) for line in listing.splitlines())
+    blobs = _git(repo, "hash-object", "--", *(str(folder / f) for f in files)).split() if files else []
+    hashed = dict(zip(files, blobs, strict=True))
+    if committed != hashed:
+        raise RuntimeError(f"the commit in {repo} does not hold the files of {folder}: {committed} != {hashed}")
 
 
 def _free_port() -> int:
