@@ -42,6 +42,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Pretrain
 from benchmarks.common import publish
 from gpt_tickets.config import TINY_GPT2
 from gpt_tickets.data.tokenizer import train_tokenizer
+from gpt_tickets.models.families import unit_layouts
 from gpt_tickets.quiet import library_bars_off
 from gpt_tickets.sparsity.masks import Mask
 from gpt_tickets.tickets.shrink import shrink_model, unit_mask, write_shrunk
@@ -98,19 +99,14 @@ def cases(config: PretrainedConfig) -> list[Case]:
     return found
 
 
-def _units_per_layer(config: PretrainedConfig) -> dict[str, int]:
-    if config.model_type == "gpt2":
-        return {"neuron": config.n_inner or 4 * config.n_embd}
-    return {"neuron": config.intermediate_size, "KV group": config.num_key_value_heads}
-
-
 def random_unit_mask(model: PreTrainedModel, case: Case, seed: int = 0) -> Mask:
     """The same number of random units removed in every layer (uniform allocation)."""
     rng = random.Random(seed)
-    fractions = {"neuron": case.neurons, "KV group": case.kv_groups}
+    fractions = {"neurons": case.neurons, "heads": case.kv_groups}  # a Llama-family "heads" unit is a KV group
     removed = {
-        kind: [sorted(rng.sample(range(n), round(fractions[kind] * n))) for _ in range(model.config.num_hidden_layers)]
-        for kind, n in _units_per_layer(model.config).items()
+        layout.kind: [sorted(rng.sample(range(layout.count), count)) for _ in range(layout.layers)]
+        for layout in unit_layouts(model.config)
+        if (count := round(fractions[layout.kind] * layout.count))
     }
     return unit_mask(model, removed)
 

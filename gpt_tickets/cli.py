@@ -120,13 +120,15 @@ def _add_branch(sub: argparse._SubParsersAction, name: str) -> argparse.Argument
         name,
         help="train a branch (a control) from a finished round of a run",
         description="Trains a branch from a finished round, once per seed: random_reinit (the round's mask on freshly "
-        "initialised weights), random_prune (random masks with the round's per-matrix sparsity, on the rewind "
-        "weights), rewind_step (the round's mask on round 0's weights at step --rewind K, one of 0, "
+        "initialised weights), random_prune (random masks with the round's counts in the run's structure: per "
+        "matrix, per layer's heads and neurons, or per N:M group; on the rewind weights), rewind_step (the round's "
+        "mask on round 0's weights at step --rewind K, one of 0, "
         "prune.rewind_step and prune.rewind_points; the seed sets the data order), dense_long (the dense model "
         "trained (R + 1) x train.steps steps in R + 1 segments, evaluated after each), oneshot_magnitude (the trained "
         "dense model pruned once to the round's sparsity in each pool of the run's scope rules, by prune.score), "
         "wanda (the same by |W| x the input norm over --calibration_blocks N blocks of training data, default 128); "
-        "the one-shot ones are evaluated as they are, or with --finetune N after each of N segments of train.steps "
+        "the one-shot ones rank within the run's pools, or with --compare row within each output row (Wanda as "
+        "published), and are evaluated as they are, or with --finetune N after each of N segments of train.steps "
         "of sparse fine-tuning, and without fine-tuning run once (the seed changes nothing). A branch's own "
         "parameters are flags named as its parameters (--rewind 50). Each result lives in RUN_DIR/branches/NAME/<its "
         "parameters>/, e.g. round_2-seed_1/ or round_2-seed_0-rewind_50/; a finished branch is read back, a killed "

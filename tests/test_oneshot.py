@@ -27,13 +27,14 @@ from gpt_tickets.sparsity.calibration import input_norms
 from gpt_tickets.sparsity.masks import Mask
 from gpt_tickets.sparsity.report import weight_group
 from gpt_tickets.sparsity.scores import magnitude, wanda
-from gpt_tickets.sparsity.select import group_pools, prune, prune_pools
+from gpt_tickets.sparsity.select import group_pools, prune, prune_pools, prune_rows
 from gpt_tickets.train.trainer import Trainer
 
 from .conftest import MICRO, error_lines
 from .test_branches import tree
 
 WANDA_KEY = "finetune_0-calibration_blocks_128"  # after round_<r>-seed_<s>-: the defaults
+WANDA_ROW_KEY = "finetune_0-compare_row-calibration_blocks_128"
 MASK = "mask.safetensors"
 
 # ------------------------------------------------------------------------------------ Wanda's score by hand
@@ -146,6 +147,69 @@ def test_one_shot_keeps_each_pools_count_under_group_fractions(micro_run, scope)
     assert any(not torch.equal(one_shot[n], mask[n]) for n in mask)
 
 
+def lowest_per_row_by_hand(scores: torch.Tensor, dim: int, count: int) -> torch.Tensor:
+    """What ``compare: row`` specifies, by a plain sort of each row's (score, input index) pairs: output unit u
+    prunes count // units of its lowest, one more when u < count % units."""
+    rows = scores.movedim(dim, -1)  # [output units, inputs]
+    keep = torch.ones(rows.shape, dtype=torch.bool)
+    base, extra = divmod(count, rows.shape[0])
+    for u, row in enumerate(rows.tolist()):
+        for _, i in sorted((s, i) for i, s in enumerate(row))[: base + (u < extra)]:
+            keep[u, i] = False
+    return keep.movedim(-1, dim)
+
+
+def pruned_per_row(mask: torch.Tensor, dim: int) -> list[int]:
+    """Each output unit's pruned inputs (``dim``: the input dimension)."""
+    return (~mask).sum(dim).tolist()
+
+
+def evenly(count: int, units: int) -> list[int]:
+    base, extra = divmod(count, units)
+    return [base + 1] * extra + [base] * (units - extra)
+
+
+ROW_LAYOUTS = {  # model_type, a weight name of that layout, its input dimension
+    "linear": ("llama", "model.layers.0.mlp.up_proj.weight", 1),  # nn.Linear [out, in]: a row is a row
+    "conv1d": ("gpt2", "transformer.h.0.mlp.c_fc.weight", 0),  # Conv1D [in, out]: a row is a column
+}
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 12, 29, 40])
+@pytest.mark.parametrize("layout", sorted(ROW_LAYOUTS))
+def test_row_selection_prunes_each_units_lowest_scores_evenly(layout, count):
+    """Five output units of eight inputs, scores of few distinct values (many ties, which go to the lower index)."""
+    model_type, name, dim = ROW_LAYOUTS[layout]
+    shape = (5, 8) if dim == 1 else (8, 5)
+    weight = torch.randint(-3, 4, shape, generator=torch.Generator().manual_seed(count)).float()
+    mask = prune_rows({name: weight}, {name: count}, model_type, magnitude)[name]
+    assert torch.equal(mask, lowest_per_row_by_hand(weight.abs(), dim, count))
+    assert pruned_per_row(mask, dim) == evenly(count, 5) and mask.device.type == "cpu"
+    with pytest.raises(ValueError, match="has negative values"):
+        prune_rows({name: weight}, {name: max(count, 1)}, model_type, lambda n, w: w.float())
+    with pytest.raises(ValueError, match="count 41 for .* is not allowed; choose 0..40"):
+        prune_rows({name: weight}, {name: 41}, model_type, magnitude)
+
+
+def test_row_comparison_keeps_every_matrixs_count_spread_over_its_rows(micro_run):
+    """Round 2's mask with one matrix made whole again: that one stays whole, every other prunes its own count."""
+    dense = load_file(str(micro_run / "round_0" / "trained.safetensors"))
+    ticket = RunDir(micro_run).round_mask(2)
+    whole = next(iter(ticket))
+    ticket[whole] = torch.ones_like(ticket[whole])
+    cfg = RunDir(micro_run).stored_config()
+    rows = oneshot_mask(dense, ticket, "gpt2", cfg.prune, magnitude, compare="row")
+    assert list(rows) == list(ticket) and torch.equal(rows[whole], ticket[whole])
+    for name, m in ticket.items():
+        count = pruned_count(ticket, [name])
+        assert pruned_count(rows, [name]) == count and pruned_per_row(rows[name], 0) == evenly(count, m.shape[1])
+        assert torch.equal(rows[name], lowest_per_row_by_hand(dense[name].abs(), 0, count))
+    pooled = oneshot_mask(dense, ticket, "gpt2", cfg.prune, magnitude)
+    named = oneshot_mask(dense, ticket, "gpt2", cfg.prune, magnitude, compare="pool")
+    assert all(torch.equal(pooled[n], named[n]) for n in ticket)
+    assert any(not torch.equal(rows[n], pooled[n]) for n in ticket)
+
+
 # ------------------------------------------------------------------------------------- branches on a run
 
 
@@ -162,6 +226,7 @@ def oneshot_run(micro_run, tmp_path_factory):
         "magnitude": run_branch(run, "oneshot_magnitude"),  # default seeds: the first only, since nothing is drawn
         "finetune": run_branch(run, "oneshot_magnitude", seeds=[1], finetune=2),
         "wanda": run_branch(run, "wanda", round="all"),
+        "wanda_row": run_branch(run, "wanda", compare="row"),
     }
     return run, cfg, val_ids, train_blocks, results
 
@@ -226,11 +291,38 @@ def test_wanda_runs_from_every_pruned_round_with_its_counts_and_calibration(ones
     assert any(not torch.equal(mask[n], magnitude_mask[n]) for n in mask)  # round 2: another score, another mask
 
 
+def test_wanda_by_row_prunes_each_output_units_lowest_wanda_scores(oneshot_run):
+    run, cfg, _, train_blocks, results = oneshot_run
+    [result] = results["wanda_row"]
+    assert result.params == {"round": 2, "seed": 1, "finetune": 0, "compare": "row", "calibration_blocks": 128}
+    mask = Mask.load(RunDir(run).branch("wanda", f"round_2-seed_1-{WANDA_ROW_KEY}") / MASK)
+    ticket = RunDir(run).round_mask(2)
+    model = dense_under(run, full(ticket))
+    score = wanda(input_norms(model, list(ticket), first_blocks(train_blocks, cfg.seed, 128), cfg.eval.batch_size))
+    for name in ticket:
+        scores = score(name, model.get_parameter(name))
+        assert torch.equal(mask[name], lowest_per_row_by_hand(scores, 0, pruned_count(ticket, [name])))
+    assert result.sparsity == results["wanda"][1].sparsity
+
+
 def test_a_finished_one_shot_branch_is_read_back(oneshot_run, monkeypatch):
     run, _, _, _, results = oneshot_run
     monkeypatch.setattr(RunContext, "__init__", lambda *a, **k: pytest.fail("a finished branch must be read back"))
     assert run_branch(run, "wanda", round=[1, 2]) == results["wanda"]
     assert run_branch(run, "oneshot_magnitude", round=2, seeds=[1]) == results["magnitude"]
+
+
+def test_labels_name_the_seed_only_where_it_changes_the_result(oneshot_run):
+    run, _, _, _, results = oneshot_run
+    [as_is], [tuned] = results["magnitude"], results["finetune"]
+    assert (as_is.seeded, tuned.seeded) == (False, True)
+    assert as_is.label().startswith("oneshot_magnitude (finetune 0") and "seed" not in as_is.label()
+    assert tuned.label().startswith("oneshot_magnitude (seed 1, finetune 2")
+    assert all("seed" not in w.label() for w in results["wanda"])
+    folder = RunDir(run).branch("oneshot_magnitude", "round_2-seed_1-finetune_0")
+    assert BranchResult.load(folder / "result.json").seeded is False  # recorded, not guessed at report time
+    older = {k: v for k, v in as_is.to_dict().items() if k != "seeded"}  # a result written before it was recorded
+    assert BranchResult.from_dict(older).label().startswith("oneshot_magnitude (seed 1, finetune 0")
 
 
 # ----------------------------------------------------------------------------------- controls at rounds
@@ -272,6 +364,19 @@ def test_find_runs_one_shot_controls_from_every_round_with_group_fractions(tmp_p
             assert pruned_count(mask, names) == pruned_count(ticket, names)
 
 
+def test_find_runs_wanda_by_row_as_a_control(tmp_path):
+    cfg = load_config(None, [*MICRO, "--output_dir", str(tmp_path / "run"), "--controls", "[{wanda: {compare: row}}]"])
+    results = find_ticket(cfg)
+    [b] = results.branches
+    assert (b.branch, b.round, b.sparsity) == ("wanda", 2, results.rounds[2].sparsity)
+    assert "compare row" in b.label() and "compare" not in results.rounds[2].label()
+    mask = Mask.load(RunDir(cfg.output_dir).branch("wanda", f"round_2-seed_1-{WANDA_ROW_KEY}") / MASK)
+    ticket = RunDir(cfg.output_dir).round_mask(2)
+    for name, m in ticket.items():  # GPT-2's Conv1D: an output unit's inputs are a column
+        count = pruned_count(ticket, [name])
+        assert pruned_count(mask, [name]) == count and pruned_per_row(mask[name], 0) == evenly(count, m.shape[1])
+
+
 # -------------------------------------------------------------------------------------------- bad input
 
 
@@ -286,6 +391,7 @@ def test_find_runs_one_shot_controls_from_every_round_with_group_fractions(tmp_p
         (["wanda", "--calibration_blocks", "100000"], "calibration_blocks=100000 is more than the run's training data"),
         (["oneshot_magnitude", "--finetune", "-1"], "finetune=-1 is not allowed; choose 0"),
         (["wanda", "--finetune", "0.5"], "finetune=0.5 must be an integer"),
+        (["wanda", "--compare", "rows"], "compare='rows' is not allowed; did you mean row? choose one of pool, row"),
     ],
 )
 def test_cli_bad_input_one_line_exit_2_nothing_written(micro_run, tmp_path, capsys, args, message):
@@ -318,6 +424,11 @@ def test_a_run_without_its_trained_dense_model_is_refused_in_one_line(micro_run,
         (["--controls", "[{wanda: {rounds: [0]}}]"], "round=0 is not allowed for branch wanda"),
         (["--prune.groups", "[attention, embeddings]", "--controls", "[wanda]"], "use oneshot_magnitude instead"),
         (["--controls", "[{wanda: {calibration_blocks: 100000}}]"], "calibration_blocks=100000 is more than the run"),
+        (["--controls", "[{oneshot_magnitude: {compare: 1}}]"], "compare=1 is not allowed; choose one of pool, row"),
+        (
+            ["--prune.structure", "units", "--controls", "[{wanda: {compare: row}}]"],
+            "branch wanda builds unstructured masks",
+        ),
     ],
 )
 def test_find_refuses_bad_one_shot_controls_before_writing(tmp_path, capsys, overrides, message):

@@ -13,6 +13,7 @@ from gpt_tickets.config import load_config
 from gpt_tickets.data.tokenizer import train_tokenizer
 from gpt_tickets.errors import ConfigError, TicketError
 from gpt_tickets.sparsity.masks import Mask
+from gpt_tickets.sparsity.units import kept_positions, layouts_of
 from gpt_tickets.tickets.export import export_ticket
 from gpt_tickets.tickets.load import load_ticket
 from gpt_tickets.tickets.shrink import SHRINK_FILE, shrink_model, unit_mask, write_shrunk
@@ -155,13 +156,42 @@ def test_llama_without_its_masked_neurons_and_kv_groups_gives_the_masked_models_
 def test_unit_mask_is_the_hand_built_mask():
     model = gpt2()
     by_hand = gpt2_mask(model, [[0, 127], [5, 6]], bias=True)
-    built = unit_mask(model, {"neuron": [[0, 127], [5, 6]]})
+    built = unit_mask(model, {"neurons": [[0, 127], [5, 6]]})
     assert sorted(built) == sorted(n for n in by_hand if ".mlp." in n)
     assert all(torch.equal(built[n], by_hand[n]) for n in built)
     model = llama()
     by_hand = llama_mask(model, [[1, 47], [3]], [[1], [0]])
-    built = unit_mask(model, {"neuron": [[1, 47], [3]], "KV group": [[1], [0]]})
+    built = unit_mask(model, {"neurons": [[1, 47], [3]], "heads": [[1], [0]]})
     assert sorted(built) == sorted(by_hand) and all(torch.equal(built[n], by_hand[n]) for n in built)
+    with pytest.raises(ConfigError, match="unit kind='neuron' is not allowed; did you mean neurons"):
+        unit_mask(model, {"neuron": [[1]]})
+
+
+def test_a_mask_of_mlp_weights_only_shrinks_and_a_weight_it_leaves_out_counts_as_kept():
+    model = gpt2()
+    mask = unit_mask(model, {"neurons": [[0, 9], [3, 4]]})
+    masked(model, mask)
+    smaller = shrink_model(model, mask)
+    assert smaller.config.n_inner == 126
+    torch.testing.assert_close(logits(smaller, 300), logits(model, 300), atol=1e-5, rtol=0)
+    without_c_proj = Mask({name: m for name, m in mask.items() if ".mlp.c_proj." not in name})
+    with pytest.raises(ConfigError, match=re.escape("MLP neuron 0 of layer 0 is partly masked")):
+        shrink_model(model, without_c_proj)
+
+
+def test_kept_positions_drop_every_part_a_parameter_holds():
+    """GPT-2's c_attn holds a head's q, k and v columns (at 0, E and 2E): removing head 1 drops all three blocks."""
+    model = gpt2()  # E = 32: 2 heads of 16
+    (heads,) = layouts_of(model.config, ["attention"])
+    kept = kept_positions(dict(model.named_parameters()), {heads: torch.tensor([[False, True], [False, False]])})
+    p = "transformer.h.0.attn."
+    assert [(axis, index.tolist()) for axis, index in (kept[p + "c_attn.weight"], kept[p + "c_attn.bias"])] == [
+        (1, [*range(16), *range(32, 48), *range(64, 80)]),
+        (0, [*range(16), *range(32, 48), *range(64, 80)]),
+    ]
+    assert kept[p + "c_proj.weight"][0] == 0 and kept[p + "c_proj.weight"][1].tolist() == list(range(16))
+    assert p + "c_proj.bias" not in kept  # an output bias is shared by every head
+    assert kept["transformer.h.1.attn.c_attn.weight"][1].tolist() == list(range(96))
 
 
 def tokenizer():
@@ -188,7 +218,7 @@ def test_the_shrunk_folder_loads_with_plain_from_pretrained(family, tmp_path):
     record = json.loads((out / SHRINK_FILE).read_text())
     assert record["parameters"] == {"before": model.num_parameters(), "after": expected}
     if family == "llama":
-        assert record["removed"] == {"KV group": [[1], [1]], "neuron": [list(range(24)), list(range(24, 48))]}
+        assert record["removed"] == {"heads": [[1], [1]], "neurons": [list(range(24)), list(range(24, 48))]}
     card = (out / "README.md").read_text()
     assert f"{model.num_parameters():,} -> {expected:,} parameters" in card
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shrunk"]  # no temp folder left
@@ -232,7 +262,7 @@ def _unequal_kv_groups(model):
         (llama, _partial_kv_group, "KV group 0 of layer 1 is partly masked"),
         (llama, _unequal_kv_groups, "KV groups removed per layer [1, 0]"),
         (gpt2, _single_weights_elsewhere, "the mask of 'transformer.wte.weight' prunes"),
-        (gpt2, _every_neuron, "every neuron of every layer is masked (128 of 128)"),
+        (gpt2, _every_neuron, "every MLP neuron of every layer is masked (128 of 128)"),
     ],
     ids=["unequal-widths", "partial-neuron", "partial-kv-group", "unequal-kv-groups", "single-weights", "all"],
 )
@@ -314,3 +344,17 @@ def test_export_format_shrink_is_an_allowed_config_value():
     assert cfg.export.format == "shrink"
     with pytest.raises(ConfigError, match="shrink"):
         load_config(None, ["--export.format", "shrunk"])
+
+
+def test_the_tickets_card_names_the_shrunk_model_beside_it_with_its_size(tmp_path):
+    model = gpt2()
+    mask = gpt2_mask(model, [[0, 1], [2, 3]])
+    card = (write_ticket(model, mask, tmp_path / "ticket", weights_format="shrink") / "README.md").read_text()
+    smaller = AutoModelForCausalLM.from_pretrained(tmp_path / "ticket_shrunk")
+    before, after = model.num_parameters(), smaller.num_parameters()
+    assert after < before
+    assert "`../ticket_shrunk/` beside this folder" in card and "a plain `gpt2` model" in card
+    assert f"{before:,} -> {after:,} parameters ({1 - after / before:.1%} fewer)" in card
+    assert "`AutoModelForCausalLM.from_pretrained`, without masks" in card and "logits equal this ticket's" in card
+    dense = (write_ticket(model, mask, tmp_path / "dense", weights_format="dense") / "README.md").read_text()
+    assert "## A smaller model" in card and "## A smaller model" not in dense and "_shrunk" not in dense

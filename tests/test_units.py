@@ -305,9 +305,8 @@ def test_uniform_units_through_the_real_loop(tmp_path):
         (["--prune.structure", "weights", "--prune.allocation", "uniform"], "applies to prune.structure=units only"),
         (["--prune.structure", "unit"], "did you mean units?"),
         (["--prune.allocation", "layer"], "prune.allocation='layer' is not allowed"),
-        (["--controls", "[random_prune]"], "branch random_prune builds unstructured masks, but this run's"),
         (["--controls", "[{wanda: {rounds: all}}]"], "branch wanda builds unstructured masks"),
-        (["--controls", "[oneshot_magnitude]"], "use random_reinit (the ticket's own mask)"),
+        (["--controls", "[oneshot_magnitude]"], "use random_reinit or random_prune (they keep the ticket's"),
     ],
 )
 def test_bad_unit_settings_are_one_line_and_write_nothing(tmp_path, capsys, overrides, message):

@@ -122,7 +122,8 @@ def parse_rounds(key: str, text: str) -> int | list[int] | str:
     return rounds[0] if len(rounds) == 1 else rounds
 
 
-def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """A one-line ConfigError naming ``key``'s bad value, a close match if there is one, and what is allowed."""
     if value not in allowed:
         close = difflib.get_close_matches(str(value), allowed, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
@@ -143,7 +144,7 @@ class ModelConfig:
     revision: str | None = field(default=None, metadata={"help": "Hub revision of name_or_path"})
 
     def __post_init__(self) -> None:
-        _one_of("model.init", self.init, INITS)
+        one_of("model.init", self.init, INITS)
         if self.init == "pretrained":
             check(bool(self.name_or_path), "model.name_or_path is required when model.init=pretrained")
 
@@ -168,7 +169,7 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        _one_of("data.source", self.source, DATA_SOURCES)
+        one_of("data.source", self.source, DATA_SOURCES)
         if self.source == "hub":
             check(bool(self.name), "data.name is required when data.source=hub (e.g. wikitext)")
         if self.source == "files":
@@ -232,7 +233,7 @@ class TrainConfig:
         check(0 <= self.warmup_steps < self.steps, f"train.warmup_steps={self.warmup_steps} must be in [0, steps)")
         check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
         if self.mixed_precision is not None:
-            _one_of("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+            one_of("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
 
 
 @dataclass
@@ -297,9 +298,9 @@ class PruneConfig:
     def __post_init__(self) -> None:
         check(self.rounds >= 1, f"prune.rounds={self.rounds} must be >= 1")
         check(0 < self.fraction < 1, f"prune.fraction={self.fraction} must be in (0, 1), exclusive")
-        _one_of("prune.scope", self.scope, SCOPES)
+        one_of("prune.scope", self.scope, SCOPES)
         check(self.rewind_step >= 0, f"prune.rewind_step={self.rewind_step} must be >= 0")
-        _one_of("prune.retrain", self.retrain, RETRAIN_MODES)
+        one_of("prune.retrain", self.retrain, RETRAIN_MODES)
         for step in self.rewind_points:
             check(step >= 0, f"prune.rewind_points={self.rewind_points}: step {step} must be >= 0")
         check(
@@ -308,13 +309,13 @@ class PruneConfig:
         )
         check(bool(self.groups), f"prune.groups is empty; choose from {', '.join(PRUNABLE_GROUPS)}")
         for group in self.groups:
-            _one_of("prune.groups[]", group, PRUNABLE_GROUPS)
-        _one_of("prune.score", self.score, SCORE_NAMES)
+            one_of("prune.groups[]", group, PRUNABLE_GROUPS)
+        one_of("prune.score", self.score, SCORE_NAMES)
         if self.group_fractions is not None:
             self._check_group_fractions(self.group_fractions)
-        _one_of("prune.structure", self.structure, STRUCTURES)
+        one_of("prune.structure", self.structure, STRUCTURES)
         if self.allocation is not None:
-            _one_of("prune.allocation", self.allocation, ALLOCATIONS)
+            one_of("prune.allocation", self.allocation, ALLOCATIONS)
             check(
                 self.structure == "units",
                 f"prune.allocation={self.allocation} applies to prune.structure=units only, not "
@@ -374,7 +375,7 @@ class PruneConfig:
     def _check_group_fractions(self, group_fractions: dict[str, float]) -> None:
         check(bool(group_fractions), "prune.group_fractions is empty; list {group: fraction} or leave it null")
         for group, share in group_fractions.items():
-            _one_of("prune.group_fractions key", group, tuple(self.groups))
+            one_of("prune.group_fractions key", group, tuple(self.groups))
             check(
                 isinstance(share, float) and 0 < share < 1,
                 f"prune.group_fractions.{group}={share!r} must be a number in (0, 1), exclusive",
@@ -402,7 +403,7 @@ class TrackConfig:
 
     def __post_init__(self) -> None:
         for tracker in self.log_with:
-            _one_of("track.log_with[]", tracker, TRACKERS)
+            one_of("track.log_with[]", tracker, TRACKERS)
         check(self.log_every >= 1, f"track.log_every={self.log_every} must be >= 1")
 
 
@@ -421,7 +422,7 @@ class ExportConfig:
     private: bool = field(default=False, metadata={"help": "create the Hub repo private"})
 
     def __post_init__(self) -> None:
-        _one_of("export.format", self.format, EXPORT_FORMATS)
+        one_of("export.format", self.format, EXPORT_FORMATS)
         if self.push_to_hub is not None:
             check(
                 self.push_to_hub.count("/") == 1 and all(self.push_to_hub.split("/")),

@@ -131,12 +131,13 @@ def model_type_of(mask: Mask) -> str:
 
 def layer_cells(mask: Mask) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Per layer: each weight kind's share pruned and each group's (attention, mlp) total, from ``sparsity_report``;
-    and the weights outside the layers (embeddings)."""
+    and the weights outside the layers (embeddings). A module's masked bias (unit masks) counts in its weight's
+    cell, so a unit mask has the columns of an unstructured one."""
     model_type = model_type_of(mask)
     report = sparsity_report(mask, model_type)
     cells: dict[str, dict[str, float]] = defaultdict(dict)
     outside = {}
-    for name, share in report.per_weight.items():
+    for name, share in report.per_module.items():
         info = classify(model_type, name)
         if info is None or info.layer is None:
             outside[weight_kind(model_type, name)] = share

@@ -112,6 +112,9 @@ class BranchResult(PhaseResult):
     params: dict[str, Any] = field(default_factory=dict)
     evaluations: list[dict[str, float]] = field(default_factory=list)
     """A branch trained in segments: ``{"steps", "val_perplexity", "val_nll"}`` at every segment's end ([] else)."""
+    seeded: bool = True
+    """Whether its seed changes its result (``Branch.seeded``): the label names the seed only then. Results written
+    before it was recorded read as seeded, so their labels stay as they were."""
 
     @classmethod
     def of_segments(cls, segments: list[BranchResult]) -> BranchResult:
@@ -129,7 +132,9 @@ class BranchResult(PhaseResult):
         )
 
     def label(self) -> str:
-        extra = ", ".join(f"{k} {v}" for k, v in self.params.items() if k != "round")
+        """Its name and parameters but its round (a column of its own), and its seed only where it is ``seeded``."""
+        hidden = ("round",) if self.seeded else ("round", "seed")
+        extra = ", ".join(f"{k} {v}" for k, v in self.params.items() if k not in hidden)
         return f"{self.branch} ({extra})" if extra else self.branch
 
 

@@ -14,9 +14,16 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 
-def input_dim(module: nn.Module, name: str) -> int:
+def module_input_dim(module: nn.Module, name: str) -> int:
     """The weight dimension that indexes the module's input features: 1 for nn.Linear ([out, in]), 0 for
-    transformers' Conv1D ([in, out]: GPT-2's c_attn, c_proj, c_fc)."""
+    transformers' Conv1D ([in, out]: GPT-2's c_attn, c_proj, c_fc).
+
+    Read from the module, not from the family table (``models.families.input_dim``, which answers for a weight's
+    name where no model is at hand: N:M groups, per-row comparisons): the hook sees what the module's forward
+    multiplies, so the module's class decides, and a module whose input is not features is refused (an embedding
+    reads token ids; the table gives it its hidden dimension, a tied LM head's input). The module is the ground
+    truth: tests/test_input_dims.py checks the table against it on every prunable weight of every family.
+    """
     if isinstance(module, nn.Linear):
         return 1
     if isinstance(module, Conv1D):
@@ -48,7 +55,7 @@ def input_norms(
     try:
         for name in names:
             module = model.get_submodule(name.rpartition(".")[0])
-            dim = input_dim(module, name)
+            dim = module_input_dim(module, name)
             total = torch.zeros(model.get_parameter(name).shape[dim], dtype=torch.float64, device=device)
             totals[name] = total, dim
             handles.append(module.register_forward_hook(_add_squares(total)))

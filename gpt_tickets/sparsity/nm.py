@@ -152,3 +152,22 @@ def first_nm_violation(mask: Mask, model_type: str, n: int, m: int) -> str | Non
                 f"output {unit}, more than N={n}"
             )
     return None
+
+
+def random_groups_like(mask: Mask, model_type: str, m: int, seed: int) -> Mask:
+    """A random mask in which every group of ``m`` consecutive inputs keeps as many entries as ``mask``'s group, at
+    positions drawn uniformly at random within the group (seeded): random_prune's control for an N:M ticket, so it
+    keeps the pattern and every group's count and differs only in which entries survive. A ValueError when ``m``
+    does not divide a weight's input size."""
+    indivisible = _indivisible_line(mask, model_type, m)
+    if indivisible:
+        raise ValueError(indivisible)
+    generator = torch.Generator().manual_seed(seed)
+    randomized = Mask()
+    for name, keep in mask.items():
+        dim = input_dim(model_type, name)
+        groups = _grouped(keep.cpu(), dim, m)
+        # A uniformly random order of each group's positions; its first ``count`` positions survive.
+        ranks = torch.rand(groups.shape, generator=generator).argsort(dim=-1).argsort(dim=-1)
+        randomized[name] = _ungrouped(ranks < groups.sum(-1, keepdim=True), keep.shape, dim)
+    return randomized

@@ -18,13 +18,17 @@ class SparsityReport:
     """Shares of pruned weights; ``groups`` has one entry per group present (attention, mlp, embeddings, other).
 
     ``per_kind`` pools each kind of weight over the layers (GPT-2: ``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc``,
-    ``mlp.c_proj``), which shows what a score strips first.
+    ``mlp.c_proj``), which shows what a score strips first. ``per_module`` pools each module's weight and masked bias
+    (unit masks mask the biases of removed heads and neurons), keyed by the weight's name; ``per_weight`` is every
+    masked parameter on its own. A masked bias counts in its module's kind, so a unit mask reports the same kinds as
+    an unstructured one; overall, group and layer shares count every masked entry, biases included.
     """
 
     overall: float
     groups: dict[str, float]
     per_layer: dict[str, dict[str, float]]
     per_kind: dict[str, float]
+    per_module: dict[str, float]
     per_weight: dict[str, float]
 
     def group(self, name: str) -> float:
@@ -47,10 +51,10 @@ def weight_group(model_type: str, name: str) -> str:
 def weight_kind(model_type: str, name: str) -> str:
     """A weight's name without its layer prefix and ``.weight``: ``transformer.h.3.mlp.c_fc.weight`` -> ``mlp.c_fc``.
 
-    Weights outside the layers (embeddings) keep their full name, less ``.weight``; a masked bias (unit masks) keeps
-    ``.bias``: ``mlp.c_fc.bias``, a kind of its own.
+    Weights outside the layers (embeddings) keep their full name, less ``.weight``; a masked bias (unit masks) is of
+    its module's kind: ``transformer.h.3.mlp.c_fc.bias`` -> ``mlp.c_fc``.
     """
-    stem = name.removesuffix(".weight")
+    stem = module_weight(name).removesuffix(".weight")
     info = classify(model_type, name)
     if info is None or info.layer is None:
         return stem
@@ -61,13 +65,15 @@ def weight_kind(model_type: str, name: str) -> str:
 def sparsity_report(mask: Mask, model_type: str) -> SparsityReport:
     totals: dict[str, list[int]] = {}
     kinds: dict[str, list[int]] = {}
+    modules: dict[str, list[int]] = {}
     per_layer: dict[str, dict[str, list[int]]] = {}
     per_weight: dict[str, float] = {}
     for name, m in mask.items():
         info, group = classify(model_type, name), weight_group(model_type, name)
         pruned, size = m.numel() - int(m.sum()), m.numel()
         per_weight[name] = pruned / size
-        for counts, key in ((totals, "overall"), (totals, group), (kinds, weight_kind(model_type, name))):
+        kind, module = weight_kind(model_type, name), module_weight(name)
+        for counts, key in ((totals, "overall"), (totals, group), (kinds, kind), (modules, module)):
             _add(counts, key, pruned, size)
         if info and info.layer is not None:
             _add(per_layer.setdefault(str(info.layer), {}), group, pruned, size)
@@ -77,6 +83,7 @@ def sparsity_report(mask: Mask, model_type: str) -> SparsityReport:
         groups=shares,
         per_layer={layer: _shares(groups) for layer, groups in per_layer.items()},
         per_kind=_shares(kinds),
+        per_module=_shares(modules),
         per_weight=per_weight,
     )
 

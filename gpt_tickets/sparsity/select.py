@@ -1,7 +1,8 @@
 """Selection: (weights, mask, score) -> the new mask keeping all but the lowest-scored share. No Accelerate.
 
 Weights are pruned in pools, each ranked on its own at its own fraction: all weights together (scope ``global``),
-each matrix alone (``layer``), or per group (``group_pools``).
+each matrix alone (``layer``), or per group (``group_pools``); or row by row at a given count per matrix
+(``prune_rows``: Wanda's comparison group, each output unit's incoming weights).
 
 The cut is found without concatenating or sorting the scores, by a radix select over the bit patterns of the
 float32 scores (for non-negative floats, integer order is value order): one pass counts the surviving scores' high
@@ -21,7 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from ..config.schema import SCOPES
+from ..models.families import input_dim
 from .masks import Mask
+from .nm import _grouped, _ungrouped
 from .report import weight_group
 from .scores import Score, magnitude
 
@@ -51,8 +54,12 @@ def _count(values: torch.Tensor, bins: int, name: str) -> torch.Tensor:
         return torch.bincount(values.view(-1), minlength=bins).cpu()
     except RuntimeError as err:  # bincount checks for negatives anyway: no extra pass on the common path
         if values.numel() and int(values.min()) < 0:
-            raise ValueError(f"score of {name!r} has negative values (or -0.0); scores must be >= 0") from err
+            raise _negative(name) from err
         raise
+
+
+def _negative(name: str) -> ValueError:
+    return ValueError(f"score of {name!r} has negative values (or -0.0); scores must be >= 0")
 
 
 def _high_histogram(weights: Scored, mask: Mask, score: Score, pruned: int) -> torch.Tensor:
@@ -212,3 +219,45 @@ def prune(weights: Scored, mask: Mask, fraction: float, scope: str, score: Score
 def magnitude_prune(weights: Scored, mask: Mask, fraction: float, scope: str) -> Mask:
     """``prune`` by |weight|: one round of IMP's selection."""
     return prune(weights, mask, fraction, scope, magnitude)
+
+
+def _prune_row_by_row(bits: torch.Tensor, dim: int, count: int) -> torch.Tensor:
+    """One matrix's mask with ``count`` entries pruned: floor(count / rows) in every row, one more in each of the
+    first count mod rows rows (output units in index order), the lowest score first within a row, ties to the
+    lower input index. A row is an output unit's incoming weights: the entries along the input dimension ``dim``."""
+    rows = _grouped(bits, dim, bits.shape[dim])  # [output units, inputs]
+    base, extra = divmod(count, rows.shape[0])
+    per_row = torch.full((rows.shape[0], 1), base, dtype=torch.long, device=bits.device)
+    per_row[:extra] += 1
+    ranks = rows.argsort(dim=-1, stable=True).argsort(dim=-1)  # each entry's place in its row, 0 the lowest
+    return _ungrouped(ranks >= per_row, bits.shape, dim)
+
+
+@torch.no_grad()
+def prune_rows(weights: Scored, counts: Mapping[str, int], model_type: str, score: Score = magnitude) -> Mask:
+    """Prune ``counts[name]`` entries of each weight, spread over its rows as evenly as possible (Wanda's comparison
+    group: each output unit loses the same share of its inputs, whatever the scale of other matrices' scores).
+
+    Args:
+        weights: the values of (at least) every weight in ``counts``, on any device.
+        counts: how many entries of each weight to prune, 0..its size; a weight at 0 stays whole (and is not scored).
+        model_type: tells each weight's input dimension (``models.families.input_dim``), along which a row runs.
+        score: weights -> non-negative float32 scores; a row's lowest go first, ties to the lower input index.
+
+    Returns:
+        the new mask on CPU, in ``counts``'s order: floor(c / rows) pruned in every row of a weight, one more in
+        each of its first c mod rows rows, so each weight's count is exactly c.
+    """
+    new = Mask()
+    for name, count in counts.items():
+        weight = weights[name]
+        if not 0 <= count <= weight.numel():
+            raise ValueError(f"count {count} for {name!r} is not allowed; choose 0..{weight.numel()}")
+        if count == 0:
+            new[name] = torch.ones(weight.shape, dtype=torch.bool)
+            continue
+        bits = _score_bits(score, name, weight)
+        if int(bits.min()) < 0:
+            raise _negative(name)
+        new[name] = _prune_row_by_row(bits, input_dim(model_type, name), count).cpu()
+    return new

@@ -77,15 +77,26 @@ def _per_unit(tensor: torch.Tensor, layout: UnitLayout, part: UnitPart, axis: in
     return block.reshape(layout.count, -1)
 
 
-def surviving_units(mask: Mask, layout: UnitLayout) -> torch.Tensor:
-    """[layers, units] bool: which units of ``layout`` the mask keeps. A ValueError when a unit is partly masked
-    (the mask is not a unit mask)."""
+def unit_coverage(mask: Mask, layout: UnitLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """[layers, units] bool twice: the units of ``layout`` the mask keeps whole, and those it keeps any entry of
+    (equal for a unit mask). A weight absent from the mask keeps every entry; a bias counts only where masked (a
+    removed unit's output is zero whatever its bias adds before it)."""
     whole = torch.ones(layout.layers, layout.count, dtype=torch.bool)
     some = torch.zeros_like(whole)
     for layer, part, name, axis in _unit_entries(layout, mask):
+        if name not in mask:
+            some[layer] = True
+            continue
         entries = _per_unit(mask[name], layout, part, axis)
         whole[layer] &= entries.all(1)
         some[layer] |= entries.any(1)
+    return whole, some
+
+
+def surviving_units(mask: Mask, layout: UnitLayout) -> torch.Tensor:
+    """[layers, units] bool: which units of ``layout`` the mask keeps. A ValueError when a unit is partly masked
+    (the mask is not a unit mask)."""
+    whole, some = unit_coverage(mask, layout)
     if not torch.equal(whole, some):
         layer, unit = (whole != some).nonzero()[0].tolist()
         raise ValueError(f"{layout.kind[:-1]} {unit} of layer {layer} is partly masked; the mask is not a unit mask")
@@ -129,12 +140,40 @@ def units_to_remove(scores: torch.Tensor, alive: torch.Tensor, fraction: float, 
 
 
 def _apply_removals(mask: Mask, layout: UnitLayout, removed: torch.Tensor) -> None:
-    """Zero every entry of the ``removed`` units in ``mask`` (in place)."""
+    """Zero every entry of the ``removed`` units in ``mask`` (in place); a weight absent from ``mask`` is left out."""
     for layer, part, name, axis in _unit_entries(layout, mask):
+        if name not in mask:
+            continue
         shape = [1] * mask[name].dim()
         shape[axis] = -1
         block = mask[name].narrow(axis, part.offset, layout.count * part.width)
         block &= (~removed[layer]).repeat_interleave(part.width).view(shape)
+
+
+def kept_positions(
+    like: Mapping[str, torch.Tensor], removed: Mapping[UnitLayout, torch.Tensor]
+) -> dict[str, tuple[int, torch.Tensor]]:
+    """(unit axis, indices along it that stay) of each of ``like``'s parameters holding entries of the layouts in
+    ``removed`` ([layers, units] bool per layout): what ``index_select`` keeps when those units leave the model. A
+    parameter holding several parts (GPT-2's ``c_attn``: q, k, v) loses the entries of all of them."""
+    axes = {name: axis for layout in removed for *_, name, axis in _unit_entries(layout, like) if name in like}
+    lines = Mask()  # each parameter as one line along its unit axis (size 1 elsewhere): all _apply_removals needs
+    for name, axis in axes.items():
+        shape = [1] * like[name].dim()
+        shape[axis] = like[name].shape[axis]
+        lines[name] = torch.ones(shape, dtype=torch.bool)
+    for layout, units in removed.items():
+        _apply_removals(lines, layout, units)
+    return {name: (axes[name], lines[name].flatten().nonzero().flatten()) for name in lines}
+
+
+def mask_without_units(like: Mapping[str, torch.Tensor], removed: Mapping[UnitLayout, torch.Tensor]) -> Mask:
+    """A mask over ``like``'s parameters keeping every entry except those of the ``removed`` units ([layers, units]
+    bool per layout): the unit mask that a set of units gives, to build one or to compare a mask against."""
+    mask = Mask({name: torch.ones_like(t, dtype=torch.bool, device="cpu") for name, t in like.items()})
+    for layout, units in removed.items():
+        _apply_removals(mask, layout, units)
+    return mask
 
 
 @torch.no_grad()
@@ -202,3 +241,20 @@ def check_unit_schedule(config: PretrainedConfig, prune: PruneConfig) -> None:
                 "fraction",
             )
             left -= removed
+
+
+def random_units_like(mask: Mask, config: PretrainedConfig, seed: int) -> Mask:
+    """A random unit mask with ``mask``'s count of surviving heads and neurons in every layer: random_prune's control
+    for a unit ticket, so it differs from the ticket only in which units survive, not in how many per layer.
+
+    Every unit kind ``mask`` covers, layer by layer in ``unit_layouts`` order, keeps that many units drawn uniformly
+    at random (seeded); a removed unit loses every entry, its biases too, as in ``prune_units``. A ValueError when
+    ``mask`` is not a unit mask.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    removed: dict[UnitLayout, torch.Tensor] = {}
+    for layout in layouts_of(config, {weight_group(config.model_type, name) for name in mask}):
+        removed[layout] = torch.zeros(layout.layers, layout.count, dtype=torch.bool)
+        for layer, count in enumerate(surviving_units(mask, layout).sum(1).tolist()):
+            removed[layout][layer, torch.randperm(layout.count, generator=generator)[count:]] = True
+    return mask_without_units(mask, removed)

@@ -4,6 +4,7 @@ act on: how the ticket was found, the per-round results, its sparsity per layer 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCardData
@@ -15,6 +16,17 @@ from .format import COMPACT_FILE, MASKS_FILE, TICKET_CONFIG_FILE, TicketConfig
 
 TAGS = ["lottery-ticket", "sparse", "pruned", "gpt_tickets"]
 PLOTS_DIR = "plots"  # the report's PNGs inside the ticket folder: they travel with it to the Hub
+
+
+@dataclass(frozen=True)
+class ShrunkExport:
+    """The smaller model ``export.format: shrink`` writes beside the ticket, as the ticket's card names it: a reader
+    of the ticket alone would not know it exists, nor that it is the one to deploy."""
+
+    folder: str  # its name, beside the ticket's folder
+    model_type: str
+    parameters_before: int  # the ticket's
+    parameters_after: int
 
 
 def _dataset(cfg: RunConfig) -> tuple[str, str]:
@@ -78,9 +90,31 @@ def _plots_section(plots: Sequence[Plot]) -> str:
     return f"## How it compares\n\nFrom the run's report (`gpt-tickets report`):\n\n{images}\n\n"
 
 
-def model_card(cfg: RunConfig, tcfg: TicketConfig, history: str = "", plots: Sequence[Plot] = ()) -> str:
+def _shrunk_section(shrunk: ShrunkExport | None) -> str:
+    if shrunk is None:
+        return ""
+    before, after = shrunk.parameters_before, shrunk.parameters_after
+    return f"""## A smaller model
+
+The export (`export.format: shrink`) also wrote `../{shrunk.folder}/` beside this folder (not part of it, nor of
+its Hub repo): this ticket without its wholly pruned units, a plain `{shrunk.model_type}` model of
+{before:,} -> {after:,} parameters ({1 - after / before:.1%} fewer). It loads with plain
+`AutoModelForCausalLM.from_pretrained`, without masks or gpt_tickets, and its logits equal this ticket's (to float
+summation order); its own README.md lists the units removed from each layer.
+
+"""
+
+
+def model_card(
+    cfg: RunConfig,
+    tcfg: TicketConfig,
+    history: str = "",
+    plots: Sequence[Plot] = (),
+    shrunk: ShrunkExport | None = None,
+) -> str:
     """The README.md of a ticket; ``history`` is the run's table of rounds and controls (Markdown), ``plots`` the
-    report's PNGs, which the caller has copied into the folder's ``plots/``."""
+    report's PNGs, which the caller has copied into the folder's ``plots/``; ``shrunk`` the smaller model written
+    beside it (``export.format: shrink``), if any."""
     dense_perplexity = _perplexity(tcfg.dense_val_perplexity)
     repo = cfg.export.push_to_hub or "path/to/ticket"
     rewind = "initialisation" if cfg.prune.rewind_step == 0 else f"step {cfg.prune.rewind_step} of dense training"
@@ -134,7 +168,7 @@ from gpt_tickets import load_ticket
 model = load_ticket("{repo}")
 ```
 
-## Files
+{_shrunk_section(shrunk)}## Files
 
 - `{TICKET_CONFIG_FILE}`: how the ticket was found, its sparsity overall, per group and per layer.
 - `{MASKS_FILE}`: one bit-packed mask per pruned weight, named after the weight (1 = kept).

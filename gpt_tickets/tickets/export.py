@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config.schema import RunConfig
 from ..data.tokenizer import save_pretrained_portable
@@ -18,11 +18,11 @@ from ..quiet import library_bars_off
 from ..reporting.summary import Plot
 from ..sparsity.masks import Mask, first_stray_weight, mask_checksum
 from ..sparsity.report import sparsity_report
-from .card import PLOTS_DIR, model_card
+from .card import PLOTS_DIR, ShrunkExport, model_card
 from .checks import check_nm_pattern
 from .encoding import read_dense_weights, save_compact, save_packed_masks
 from .format import COMPACT_FILE, DENSE_FILE, DENSE_INDEX_FILE, MASKS_FILE, TICKET_CONFIG_FILE, TicketConfig
-from .shrink import check_out_dir, plan_shrink, shrunk_dir, write_shrunk
+from .shrink import check_out_dir, plan_shrink, shrunk_config, shrunk_dir, write_shrunk
 
 
 def package_version() -> str:
@@ -90,6 +90,17 @@ def copy_plots(report_dir: Path | None, plots: Sequence[Plot], folder: Path) -> 
             raise TicketError(f"cannot copy the plot {report_dir / plot.file} into the ticket: {reason}") from None
 
 
+def shrunk_export(model: PreTrainedModel, mask: Mask, out_dir: Path) -> ShrunkExport:
+    """What ``<out_dir>_shrunk/`` will hold, checked before anything is written (a mask that does not shrink, or a
+    folder that is not an earlier shrunk export, is one line); its size counted on the meta device (no memory)."""
+    plan = plan_shrink(model.config, mask)
+    folder = shrunk_dir(out_dir)
+    check_out_dir(folder, out_dir)
+    with torch.device("meta"):
+        smaller = AutoModelForCausalLM.from_config(shrunk_config(model.config, plan))
+    return ShrunkExport(folder.name, model.config.model_type, model.num_parameters(), smaller.num_parameters())
+
+
 @torch.no_grad()
 def export_ticket(
     model: PreTrainedModel,
@@ -120,11 +131,9 @@ def export_ticket(
     """
     weights_format = weights_format or cfg.export.format
     out_dir = Path(out_dir)
-    shrink = weights_format == "shrink"
-    if shrink:  # checked before anything is written: a mask that does not shrink is one line
+    shrunk = shrunk_export(model, mask, out_dir) if weights_format == "shrink" else None
+    if shrunk is not None:
         weights_format = "dense"
-        plan_shrink(model.config, mask)
-        check_out_dir(shrunk_dir(out_dir), out_dir)
     stray = first_stray_weight(model, mask)
     if stray:
         raise TicketError(f"weight {stray[0]!r} is non-zero where its mask is 0; refusing to export")
@@ -137,9 +146,9 @@ def export_ticket(
     tcfg = ticket_config(cfg, mask, model.config.model_type, weights_format, val_perplexity, dense_val_perplexity)
     atomic_write_json(tcfg.to_dict(), tmp / TICKET_CONFIG_FILE)
     copy_plots(report_dir, plots, tmp / PLOTS_DIR)
-    atomic_write_text(model_card(cfg, tcfg, history, plots), tmp / "README.md")
+    atomic_write_text(model_card(cfg, tcfg, history, plots, shrunk), tmp / "README.md")
     share_like_other_files(*(p for p in tmp.iterdir() if p.is_file()))  # save_pretrained's weights come 0600
     replace_dir(tmp, out_dir)
-    if shrink:
+    if shrunk is not None:
         write_shrunk(model, tokenizer, mask, shrunk_dir(out_dir), f"The ticket `{out_dir.name}/` beside this", tcfg)
     return out_dir

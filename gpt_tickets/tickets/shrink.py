@@ -7,8 +7,9 @@ standard config (GPT-2: ``n_inner``; Llama, Mistral, Qwen2: ``intermediate_size`
 ``num_key_value_heads`` with ``head_dim`` set explicitly), so every layer must lose the same number of units.
 GPT-2's heads cannot be removed: its head size is fixed at ``n_embd / n_head``; masked heads stay as zeros.
 
-The unit layout is derived here from the masks' parameter names and the model config alone, independent of how the
-mask was found.
+The heads and neurons are those that ``prune.structure: units`` prunes (``models.families.unit_layouts``, read
+through ``sparsity.units``), found from the mask alone, however it was found. What is shrink's own: the config keys
+the kept counts set, and which heads must stay.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.initialization import no_init_weights
 
+from ..config.schema import one_of
 from ..data.tokenizer import save_pretrained_portable
 from ..errors import ConfigError, TicketError
 from ..io import atomic_write_json, atomic_write_text, replace_dir, share_like_other_files
+from ..models.families import UnitLayout, unit_layouts
 from ..quiet import library_bars_off
 from ..reporting.tables import markdown_table
 from ..sparsity.apply import detach_masks
 from ..sparsity.masks import Mask, first_stray_weight
+from ..sparsity.units import kept_positions, mask_without_units, unit_coverage, unit_parameters
 from .format import TicketConfig
 from .load import load_ticket, load_ticket_tokenizer, ticket_folder
 
@@ -39,73 +43,35 @@ SHRUNK_SUFFIX = "_shrunk"  # export.format shrink writes <ticket>_shrunk/ beside
 
 
 @dataclass(frozen=True)
-class UnitPart:
-    """The slice of one layer parameter that belongs to each unit: dim ``dim`` read as [outer, units, inner].
+class Shrinkable:
+    """What shrink adds to a family's unit layouts: the config for the kept counts, and what its heads are."""
 
-    ``outer`` > 1 where a parameter holds several blocks of the units side by side (GPT-2's ``c_attn``: q, k, v).
-    """
+    config_keys: Callable[[PretrainedConfig, dict[str, int]], dict[str, Any]]  # kept units per layer by kind -> keys
+    heads: str  # what a "heads" unit is, for the card and the errors
+    heads_removable: bool = True
 
-    suffix: str  # the parameter's name inside its layer, e.g. "mlp.c_fc.weight"
-    dim: int
-    outer: int = 1
-
-    @property
-    def is_bias(self) -> bool:
-        return self.suffix.endswith(".bias")
+    def label(self, kind: str) -> str:
+        return self.heads if kind == "heads" else "MLP neurons"
 
 
-@dataclass(frozen=True)
-class UnitKind:
-    name: str  # "neuron", "KV group", "head"
-    per_layer: int
-    parts: tuple[UnitPart, ...]
-    removable: bool = True  # False: GPT-2 heads, kept as zeros
+def _gpt2_keys(config: PretrainedConfig, kept: dict[str, int]) -> dict[str, Any]:
+    return {"n_inner": kept["neurons"]}
 
 
-@dataclass(frozen=True)
-class Family:
-    layer_prefix: str  # format with layer=i
-    units: Callable[[PretrainedConfig], list[UnitKind]]
-    resized: Callable[[PretrainedConfig, dict[str, int]], dict[str, Any]]  # config changes for the kept unit counts
-
-
-def _gpt2_units(config: PretrainedConfig) -> list[UnitKind]:
-    inner = config.n_inner if config.n_inner is not None else 4 * config.n_embd
-    head = (UnitPart("attn.c_attn.weight", 1, 3), UnitPart("attn.c_attn.bias", 0, 3), UnitPart("attn.c_proj.weight", 0))
-    neuron = (UnitPart("mlp.c_fc.weight", 1), UnitPart("mlp.c_fc.bias", 0), UnitPart("mlp.c_proj.weight", 0))
-    return [UnitKind("head", config.n_head, head, removable=False), UnitKind("neuron", inner, neuron)]
-
-
-def _llama_units(config: PretrainedConfig) -> list[UnitKind]:
-    # A KV group: its key and value head and the query heads that share them (grouped-query attention).
-    projections = [f"self_attn.{p}.{w}" for p in ("q_proj", "k_proj", "v_proj") for w in ("weight", "bias")]
-    group = (*(UnitPart(name, 0) for name in projections), UnitPart("self_attn.o_proj.weight", 1))
-    gate_up = [f"mlp.{p}.{w}" for p in ("gate_proj", "up_proj") for w in ("weight", "bias")]
-    neuron = (*(UnitPart(name, 0) for name in gate_up), UnitPart("mlp.down_proj.weight", 1))
-    return [
-        UnitKind("KV group", config.num_key_value_heads, group),
-        UnitKind("neuron", config.intermediate_size, neuron),
-    ]
-
-
-def _gpt2_resized(config: PretrainedConfig, kept: dict[str, int]) -> dict[str, Any]:
-    return {"n_inner": kept["neuron"]}
-
-
-def _llama_resized(config: PretrainedConfig, kept: dict[str, int]) -> dict[str, Any]:
+def _llama_keys(config: PretrainedConfig, kept: dict[str, int]) -> dict[str, Any]:
     queries_per_group = config.num_attention_heads // config.num_key_value_heads
     return {
-        "intermediate_size": kept["neuron"],
-        "num_key_value_heads": kept["KV group"],
-        "num_attention_heads": kept["KV group"] * queries_per_group,
+        "intermediate_size": kept["neurons"],
+        "num_key_value_heads": kept["heads"],
+        "num_attention_heads": kept["heads"] * queries_per_group,
         # explicit: hidden_size / num_attention_heads no longer gives it
         "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
     }
 
 
-_LLAMA_LIKE = Family("model.layers.{layer}.", _llama_units, _llama_resized)
-FAMILIES: dict[str, Family] = {
-    "gpt2": Family("transformer.h.{layer}.", _gpt2_units, _gpt2_resized),
+_LLAMA_LIKE = Shrinkable(_llama_keys, "KV groups")  # a unit_layouts head: a KV head with the query heads sharing it
+SHRINKABLE: dict[str, Shrinkable] = {
+    "gpt2": Shrinkable(_gpt2_keys, "attention heads", heads_removable=False),  # head size fixed at n_embd / n_head
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
@@ -117,156 +83,130 @@ class ShrinkPlan:
     """Which units of each layer a mask removes (and, for GPT-2 heads, keeps as zeros), and the config they give."""
 
     model_type: str
-    per_layer: dict[str, int]  # units per layer before, by kind
+    per_layer: dict[str, int]  # units per layer before, by kind ("heads", "neurons")
+    labels: dict[str, str]  # by kind, as the card names them: "attention heads", "KV groups", "MLP neurons"
     removable: dict[str, bool]
-    masked: dict[str, list[list[int]]]  # by kind: each layer's entirely masked unit indices
+    masked: dict[str, torch.Tensor]  # by kind: [layers, units] bool, True where the mask keeps nothing of the unit
     config_before: dict[str, Any] = field(default_factory=dict)  # the keys config_changes sets, as they were
     config_changes: dict[str, Any] = field(default_factory=dict)
 
-    def removed(self, kind: str) -> list[list[int]]:
-        return self.masked[kind] if self.removable[kind] else [[] for _ in self.masked[kind]]
+    def removed(self, kind: str) -> torch.Tensor:
+        return self.masked[kind] if self.removable[kind] else torch.zeros_like(self.masked[kind])
 
     def kept(self, kind: str) -> int:
-        return self.per_layer[kind] - len(self.removed(kind)[0])
+        return self.per_layer[kind] - int(self.removed(kind)[0].sum())
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model_type": self.model_type,
             "units_per_layer": self.per_layer,
-            "removed": {kind: self.removed(kind) for kind in self.masked if self.removable[kind]},
-            "kept_as_zeros": {kind: layers for kind, layers in self.masked.items() if not self.removable[kind]},
+            "removed": {kind: _indices(units) for kind, units in self.masked.items() if self.removable[kind]},
+            "kept_as_zeros": {kind: _indices(units) for kind, units in self.masked.items() if not self.removable[kind]},
             "config_before": self.config_before,
             "config_changes": self.config_changes,
         }
 
 
-def _family(model_type: str) -> Family:
-    if model_type not in FAMILIES:
+def _indices(units: torch.Tensor) -> list[list[int]]:
+    """Each layer's unit indices where ``units`` ([layers, units] bool) is True."""
+    return [layer.nonzero().flatten().tolist() for layer in units]
+
+
+def _family(model_type: str) -> Shrinkable:
+    if model_type not in SHRINKABLE:
         raise ConfigError(
-            f"model_type {model_type!r} has no shrink support; supported: {', '.join(FAMILIES)} "
+            f"model_type {model_type!r} has no shrink support; supported: {', '.join(SHRINKABLE)} "
             f"(export it as a dense ticket: export.format dense)"
         )
-    return FAMILIES[model_type]
+    return SHRINKABLE[model_type]
 
 
-def _unit_view(t: torch.Tensor, part: UnitPart, units: int) -> torch.Tensor:
-    """``t`` as [outer, units, everything else]: entry [:, u, :] is unit u's share of the parameter."""
-    return t.movedim(part.dim, 0).reshape(part.outer, units, -1)
+def _wholly_masked(mask: Mask, layout: UnitLayout, label: str) -> torch.Tensor:
+    """[layers, units] bool: the units the mask keeps nothing of; a partly masked unit is one ConfigError line."""
+    whole, some = unit_coverage(mask, layout)
+    if not torch.equal(whole, some):
+        layer, unit = (whole != some).nonzero()[0].tolist()
+        raise ConfigError(
+            f"{label[:-1]} {unit} of layer {layer} is partly masked: shrink removes only whole units "
+            f"(a mask of single weights exports as dense: export.format dense)"
+        )
+    return ~some
 
 
-def _unit_states(kind: UnitKind, prefix: str, mask: Mask) -> tuple[list[int], int]:
-    """(entirely masked units, first partly masked unit or -1) of one layer.
-
-    A weight without a mask counts as kept; a bias counts only when masked (with its output weights zero, an unmasked
-    bias adds nothing either).
-    """
-    all_kept = torch.ones(kind.per_layer, dtype=torch.bool)
-    none_kept = torch.ones(kind.per_layer, dtype=torch.bool)
-    for part in kind.parts:
-        name = prefix + part.suffix
-        if name in mask:
-            view = _unit_view(mask[name], part, kind.per_layer)
-            all_kept &= view.all(dim=2).all(dim=0)
-            none_kept &= ~view.any(dim=2).any(dim=0)
-        elif not part.is_bias:
-            none_kept[:] = False
-    partial = (~all_kept & ~none_kept).nonzero()
-    return none_kept.nonzero().flatten().tolist(), int(partial[0]) if len(partial) else -1
-
-
-def _check_only_units(mask: Mask, covered: set[str]) -> None:
+def _check_only_units(mask: Mask, masked: dict[UnitLayout, torch.Tensor]) -> None:
+    """Every masked entry belongs to a wholly masked unit: the mask is the unit mask of those units."""
+    of_units = mask_without_units(mask, masked)
     for name, m in mask.items():
-        if name not in covered and not bool(m.all()):
+        single = int((of_units[name] & ~m).sum())
+        if single:
             raise ConfigError(
-                f"the mask of {name!r} prunes {int((~m).sum())} single weights: shrink removes only whole heads and "
+                f"the mask of {name!r} prunes {single} single weights: shrink removes only whole heads and "
                 f"neurons (export this ticket as dense: export.format dense)"
             )
 
 
 def _check_uniform(plan: ShrinkPlan) -> None:
-    for kind, layers in plan.masked.items():
+    for kind, units in plan.masked.items():
         if not plan.removable[kind]:
             continue
-        counts = [len(units) for units in layers]
+        counts = units.sum(1).tolist()
         if len(set(counts)) > 1:
             raise ConfigError(
-                f"layers differ in width: {kind}s removed per layer {counts}; a standard config needs the same count "
-                f"in every layer (uniform allocation), so this ticket exports only as dense (export.format dense)"
+                f"layers differ in width: {plan.labels[kind]} removed per layer {counts}; a standard config needs the "
+                f"same count in every layer (uniform allocation), so this ticket exports only as dense "
+                f"(export.format dense)"
             )
         if counts[0] == plan.per_layer[kind]:
             raise ConfigError(
-                f"every {kind} of every layer is masked ({counts[0]} of {counts[0]}): a shrunk layer needs at least one"
+                f"every {plan.labels[kind][:-1]} of every layer is masked ({counts[0]} of {counts[0]}): a shrunk "
+                f"layer needs at least one"
             )
 
 
 def plan_shrink(config: PretrainedConfig, mask: Mask) -> ShrinkPlan:
     """Which units ``mask`` removes in a model of ``config``; a mask that does not shrink is one ``ConfigError`` line.
 
-    Needs no weights, so ``export.format: shrink`` checks it before writing anything.
+    Needs no weights, so ``export.format: shrink`` checks it before writing anything. A layout whose weights the mask
+    leaves out (an MLP-only ticket's heads) keeps every unit.
     """
     family = _family(config.model_type)
-    kinds = family.units(config)
+    layouts = unit_layouts(config)
+    masked = {layout: _wholly_masked(mask, layout, family.label(layout.kind)) for layout in layouts}
+    _check_only_units(mask, masked)
     plan = ShrinkPlan(
         config.model_type,
-        per_layer={k.name: k.per_layer for k in kinds},
-        removable={k.name: k.removable for k in kinds},
-        masked={k.name: [] for k in kinds},
+        per_layer={layout.kind: layout.count for layout in layouts},
+        labels={layout.kind: family.label(layout.kind) for layout in layouts},
+        removable={layout.kind: layout.kind != "heads" or family.heads_removable for layout in layouts},
+        masked={layout.kind: units for layout, units in masked.items()},
     )
-    covered: set[str] = set()
-    for layer in range(config.num_hidden_layers):
-        prefix = family.layer_prefix.format(layer=layer)
-        for kind in kinds:
-            masked, partial = _unit_states(kind, prefix, mask)
-            if partial >= 0:
-                raise ConfigError(
-                    f"{kind.name} {partial} of layer {layer} is partly masked: shrink removes only whole units "
-                    f"(a mask of single weights exports as dense: export.format dense)"
-                )
-            plan.masked[kind.name].append(masked)
-            covered |= {prefix + part.suffix for part in kind.parts}
-    _check_only_units(mask, covered)
     _check_uniform(plan)
-    plan.config_before = family.resized(config, plan.per_layer)
-    plan.config_changes = family.resized(config, {k.name: plan.kept(k.name) for k in kinds})
+    plan.config_before = family.config_keys(config, plan.per_layer)
+    plan.config_changes = family.config_keys(config, {kind: plan.kept(kind) for kind in plan.per_layer})
     return plan
-
-
-def _positions(part: UnitPart, units: int, which: list[int], length: int) -> torch.Tensor:
-    """Positions along ``part.dim`` (of size ``length``) that belong to the units ``which``."""
-    return torch.arange(length).reshape(part.outer, units, -1)[:, which, :].reshape(-1)
 
 
 def _shrunk_state(model: PreTrainedModel, plan: ShrinkPlan) -> dict[str, torch.Tensor]:
     state = model.state_dict()
-    family = FAMILIES[plan.model_type]
-    for kind in family.units(model.config):
-        if not kind.removable:
-            continue
-        for layer, removed in enumerate(plan.removed(kind.name)):
-            prefix = family.layer_prefix.format(layer=layer)
-            for part in kind.parts:
-                name = prefix + part.suffix
-                if name in state:
-                    kept = [u for u in range(kind.per_layer) if u not in set(removed)]
-                    index = _positions(part, kind.per_layer, kept, state[name].shape[part.dim])
-                    state[name] = state[name].index_select(part.dim, index.to(state[name].device))
+    removed = {layout: plan.removed(layout.kind) for layout in unit_layouts(model.config)}
+    for name, (axis, kept) in kept_positions(state, removed).items():
+        state[name] = state[name].index_select(axis, kept.to(state[name].device))
     return state
 
 
 def unit_mask(model: PreTrainedModel, removed: dict[str, list[list[int]]]) -> Mask:
     """A mask of whole units over their weights and biases (kind -> each layer's unit indices, e.g.
-    ``{"neuron": [[0, 5], [1, 2]]}``), as a structured pruner gives it: for benchmarks and examples."""
-    family = _family(model.config.model_type)
-    params = dict(model.named_parameters())
-    mask = Mask()
-    for kind in family.units(model.config):
-        for layer, units in enumerate(removed.get(kind.name, [])):
-            for part in kind.parts:
-                name = family.layer_prefix.format(layer=layer) + part.suffix
-                if name in params:
-                    m = mask.get(name, torch.ones_like(params[name], dtype=torch.bool, device="cpu"))
-                    mask[name] = m.index_fill(part.dim, _positions(part, kind.per_layer, units, m.shape[part.dim]), 0)
-    return mask
+    ``{"neurons": [[0, 5], [1, 2]]}``), as a structured pruner gives it: for benchmarks and examples."""
+    layouts = unit_layouts(model.config)
+    for kind in removed:
+        one_of("unit kind", kind, tuple(layout.kind for layout in layouts))
+    layouts = [layout for layout in layouts if layout.kind in removed]
+    weights = unit_parameters(model, [layout.group for layout in layouts])
+    units = {layout: torch.zeros(layout.layers, layout.count, dtype=torch.bool) for layout in layouts}
+    for layout, of_layout in units.items():
+        for layer, indices in enumerate(removed[layout.kind]):
+            of_layout[layer, indices] = True
+    return mask_without_units({w.name: model.get_parameter(w.name) for w in weights}, units)
 
 
 def shrunk_config(config: PretrainedConfig, plan: ShrinkPlan) -> PretrainedConfig:
@@ -300,9 +240,6 @@ def shrink_model(model: PreTrainedModel, mask: Mask) -> PreTrainedModel:
     return _shrink(model, mask)[0]
 
 
-_KIND_LABELS = {"neuron": "MLP neurons", "KV group": "KV groups", "head": "attention heads"}
-
-
 def _sizes_table(plan: ShrinkPlan) -> str:
     rows = [["config key", "before", "after"]]
     rows += [[key, str(plan.config_before[key]), str(value)] for key, value in plan.config_changes.items()]
@@ -311,15 +248,15 @@ def _sizes_table(plan: ShrinkPlan) -> str:
 
 def _per_layer_table(plan: ShrinkPlan) -> str:
     kinds = list(plan.masked)
-    header = [f"{_KIND_LABELS[k]} {'removed' if plan.removable[k] else 'kept as zeros'}" for k in kinds]
+    header = [f"{plan.labels[k]} {'removed' if plan.removable[k] else 'kept as zeros'}" for k in kinds]
     rows = [["layer", *header]]
     for layer in range(len(plan.masked[kinds[0]])):
-        rows.append([str(layer), *(f"{len(plan.masked[k][layer])} of {plan.per_layer[k]}" for k in kinds)])
+        rows.append([str(layer), *(f"{int(plan.masked[k][layer].sum())} of {plan.per_layer[k]}" for k in kinds)])
     return markdown_table(rows)
 
 
 def _heads_note(plan: ShrinkPlan) -> str:
-    zeroed = sum(len(units) for kind, layers in plan.masked.items() if not plan.removable[kind] for units in layers)
+    zeroed = sum(int(units.sum()) for kind, units in plan.masked.items() if not plan.removable[kind])
     if not zeroed:
         return ""
     return (

@@ -175,6 +175,6 @@ def require_unstructured(branch: str, cfg: RunConfig) -> None:
     if cfg.prune.structure != "weights":
         raise ConfigError(
             f"branch {branch} builds unstructured masks, but this run's prune.structure is {cfg.prune.structure}: "
-            "it would not be a control of this ticket; use random_reinit (the ticket's own mask), e.g. controls: "
-            "[random_reinit]"
+            "it would not be a control of this ticket; use random_reinit or random_prune (they keep the ticket's "
+            "structure), e.g. controls: [random_reinit, random_prune]"
         )

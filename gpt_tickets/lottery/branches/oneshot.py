@@ -10,35 +10,54 @@ after each; ``finetune`` = r gives the ticket's retraining budget; the seed sets
 - ``oneshot_magnitude`` ranks by the run's ``prune.score`` (|w| by default): IMP's own criterion, so it differs from
   IMP only in pruning once instead of iteratively.
 - ``wanda`` ranks by |W_ij| x ||X_j||_2 (Sun et al. 2023), X_j the j-th input feature of the weight's module over
-  ``calibration_blocks`` blocks of the training data (the first of the run's data order). Wanda's paper compares
-  weights within each output row; here the run's scope rules apply instead, as for every branch, so the comparison
-  with the ticket changes only the score.
+  ``calibration_blocks`` blocks of the training data (the first of the run's data order).
+
+``compare`` says which weights a score ranks against one another:
+
+- ``pool`` (the default): the pools of the run's selection, the ticket's own scope rules, so the comparison with the
+  ticket changes only the score (or only pruning once). Under scope ``global`` a score whose scale differs between
+  matrices strips the low-scale ones first: on the embedded default the input norms of the attention and MLP output
+  projections are 17x and 5x smaller than their input projections' (layer 0), and its global Wanda falls far behind
+  global magnitude.
+- ``row``: Wanda as published. Each matrix prunes exactly the count the round's mask pruned in it (so every matrix,
+  and the total, matches the ticket), spread over its output rows (an output unit's incoming weights: a column of
+  GPT-2's Conv1D ``[in, out]``, a row of an ``nn.Linear`` ``[out, in]``): every row prunes floor(c / rows), the first
+  c mod rows rows (in index order) one more, lowest score first within a row, ties to the lower input index. A
+  matrix the round left whole stays whole.
+
+A ``compare`` at its default (pool) is left out of the branch's folder name and result, as runs made before it
+existed wrote them, so their one-shot results stay theirs.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ...config.schema import PruneConfig, RunConfig
+from ...config.schema import PruneConfig, RunConfig, one_of
 from ...errors import ConfigError
 from ...models.params import load_parameters
 from ...sparsity.calibration import input_norms
 from ...sparsity.masks import Mask
 from ...sparsity.scores import SCORES, Score, wanda
-from ...sparsity.select import Pool, group_pools, prune_pools
+from ...sparsity.select import Pool, group_pools, prune_pools, prune_rows
 from ..run_dir import RunDir
 from .base import Branch, BranchParams, FinishedRound, dense_trained_file, require_unstructured
 from .registry import register
 
+COMPARES = ("pool", "row")
+
 
 @dataclass(frozen=True)
 class OneShotParams(BranchParams):
-    """``finetune``: segments of ``train.steps`` of sparse fine-tuning after the one-shot prune (0: none)."""
+    """``finetune``: segments of ``train.steps`` of sparse fine-tuning after the one-shot prune (0: none).
+    ``compare``: ``pool`` (the run's selection pools) or ``row`` (each output unit's incoming weights, as Wanda)."""
 
     finetune: int = 0
+    compare: str = "pool"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,6 +66,18 @@ class OneShotParams(BranchParams):
                 f"finetune={self.finetune} is not allowed; choose 0 (evaluate the pruned model as it is) or n >= 1 "
                 "(then n segments of train.steps of sparse fine-tuning)"
             )
+        one_of("compare", self.compare, COMPARES)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every parameter, but ``compare`` only when it is not pool: runs made before it existed did not name it."""
+        params = super().to_dict()
+        if self.compare == "pool":
+            del params["compare"]
+        return params
+
+    def key(self) -> str:
+        """The folder name, from ``to_dict``: a pool branch keeps the folder it had before ``compare`` existed."""
+        return "-".join(f"{name}_{value}" for name, value in self.to_dict().items())
 
 
 @dataclass(frozen=True)
@@ -74,9 +105,18 @@ def matched_pools(round_mask: Mask, model_type: str, prune: PruneConfig) -> list
 
 
 def oneshot_mask(
-    weights: dict[str, torch.Tensor], round_mask: Mask, model_type: str, prune: PruneConfig, score: Score
+    weights: dict[str, torch.Tensor],
+    round_mask: Mask,
+    model_type: str,
+    prune: PruneConfig,
+    score: Score,
+    compare: str = "pool",
 ) -> Mask:
-    """The full mask pruned once by ``score`` to ``round_mask``'s count in every pool of the run's selection."""
+    """The full mask pruned once by ``score`` to ``round_mask``'s count in every pool of the run's selection
+    (``compare`` pool), or in every matrix, row by row (``row``)."""
+    if compare == "row":
+        counts = {n: m.numel() - int(m.sum()) for n, m in round_mask.items()}
+        return prune_rows(weights, counts, model_type, score)
     pools = matched_pools(round_mask, model_type, prune)
     pooled = {n for pool in pools for n in pool.names}
     full = Mask({n: torch.ones_like(m) for n, m in round_mask.items()})
@@ -124,7 +164,8 @@ class OneShot(Branch):
         load_parameters(source.model, weights)
         live = {n: source.model.get_parameter(n) for n in round_mask}
         score = self.score(source, params, cfg, list(round_mask))
-        return weights, oneshot_mask(live, round_mask, source.model.config.model_type, cfg.prune, score)
+        model_type = source.model.config.model_type
+        return weights, oneshot_mask(live, round_mask, model_type, cfg.prune, score, params.compare)
 
     @abstractmethod
     def score(self, source: FinishedRound, params: OneShotParams, cfg: RunConfig, names: list[str]) -> Score:

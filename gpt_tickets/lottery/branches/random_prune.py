@@ -1,17 +1,23 @@
-"""Random masks with exactly round r's sparsity in every matrix, on the rewind weights: is the mask itself special?
+"""Random masks with exactly round r's counts, in the ticket's structure, on the rewind weights: is the mask itself
+special?
 
-Keeping each matrix's count (not only the overall share) separates "which weights" from "how many per layer", the
-layer-wise distribution a global magnitude cut decides (Frankle et al. 2021, "Pruning neural networks at
-initialization: why are we missing the mark?").
+Keeping the counts where the ticket's pruning decided them (not only the overall share) separates "which weights" from
+"how many per layer", the layer-wise distribution a global cut decides (Frankle et al. 2021, "Pruning neural networks
+at initialization: why are we missing the mark?"). By ``prune.structure``: ``weights``, each matrix keeps exactly its
+count of entries, anywhere in it; ``units``, each layer keeps exactly its count of heads and of neurons, whole units
+(``sparsity.units.random_units_like``); ``nm``, each group of M inputs keeps exactly its count, so the control is as
+N:M as the ticket (``sparsity.nm.random_groups_like``). A control in another structure than the ticket's would
+measure the structure, not the mask.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ...config.schema import RunConfig
 from ...sparsity.masks import Mask
-from .base import Branch, BranchParams, FinishedRound, require_unstructured
+from ...sparsity.nm import random_groups_like
+from ...sparsity.units import random_units_like
+from .base import Branch, BranchParams, FinishedRound
 from .registry import register
 
 
@@ -29,10 +35,21 @@ def random_mask_like(mask: Mask, seed: int) -> Mask:
 @register
 class RandomPrune(Branch):
     name = "random_prune"
-    description = "random masks with round r's per-matrix sparsity, on the rewind weights (seed S)"
-
-    def check(self, params: BranchParams, cfg: RunConfig) -> None:
-        require_unstructured(self.name, cfg)
+    description = (
+        "random masks with round r's counts in the ticket's structure (weights: per matrix; units: heads and neurons "
+        "per layer; nm: per group of M), on the rewind weights (seed S)"
+    )
 
     def start(self, source: FinishedRound, params: BranchParams) -> tuple[dict[str, torch.Tensor], Mask]:
-        return source.rewind_weights(), random_mask_like(source.mask(), params.seed)
+        return source.rewind_weights(), random_mask_in_structure(source, params.seed)
+
+
+def random_mask_in_structure(source: FinishedRound, seed: int) -> Mask:
+    """The round's mask redrawn at random in the run's ``prune.structure``, its counts kept (module docstring)."""
+    prune = source.run_dir.stored_config().prune
+    mask = source.mask()
+    if prune.structure == "units":
+        return random_units_like(mask, source.model.config, seed)
+    if prune.structure == "nm":
+        return random_groups_like(mask, source.model.config.model_type, prune.nm_pattern()[1], seed)
+    return random_mask_like(mask, seed)

@@ -153,6 +153,7 @@ def _train(ctx: RunContext, phase: Phase, branch: Branch, params: BranchParams) 
         round=params.round,
         branch=branch.name,
         params=params.to_dict(),
+        seeded=branch.seeded(params),
     )
     ctx.finish(phase, result)
     return result
