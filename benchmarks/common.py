@@ -51,10 +51,12 @@ def publish(title: str, lines: list[str], write: str | None) -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+def parse_args(parser: argparse.ArgumentParser, default_threads: int = 1) -> argparse.Namespace:
     """The options every parent/child benchmark shares (``--threads``, ``--write``, the hidden ``--child``), parsed;
     torch's threads set as asked."""
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on a CPU (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=default_threads, help="torch threads on a CPU (0: torch's default)"
+    )
     parser.add_argument("--write", default=None, help="update this Markdown file's section")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -29,17 +29,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT, answer_child, parse_args, publish, run_child
+
 GPT2_SMALL_CONFIG = ROOT / "configs" / "gpt2_small_wikitext103.yaml"
 SPARSITY = 1 - 0.8**5  # the tiny default's final ticket: 5 rounds at p = 0.2
 MODES = ("dense", "ours", "peer")
@@ -97,7 +95,7 @@ def _hook_masks(model: Any, mask: Any) -> list[Any]:
     return modules
 
 
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+def _round_in_this_process(spec: dict[str, Any]) -> dict[str, Any]:
     """One round as the lottery runner does it, in this (fresh) process; returns the bytes it measured."""
     import torch
     from accelerate import Accelerator
@@ -111,8 +109,6 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     from gpt_tickets.sparsity.select import magnitude_prune
     from gpt_tickets.train.trainer import Trainer
 
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
     baseline = _status_kib("VmRSS") * 1024
     cfg = load_config(spec["config"])
     model_cfg = dataclasses.replace(cfg.model, config={**cfg.model.config, **spec["model_overrides"]})
@@ -191,19 +187,6 @@ def _specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {"tiny": tiny, "gpt2-small": gpt2}
 
 
-def _measure(spec: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", "--child", json.dumps(spec)],
-        cwd=ROOT,
-        env={**os.environ, **MALLOC_ENV},
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"child {spec['size']}/{spec['mode']} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def _mib(n: float) -> str:
     return f"{n / MiB:,.1f}"
 
@@ -275,18 +258,12 @@ def main() -> None:
     parser.add_argument("--gpt2-batch-size", type=int, default=1, help="blocks per step, GPT-2 small")
     parser.add_argument("--gpt2-block-size", type=int, default=512, help="tokens per block, GPT-2 small")
     parser.add_argument("--sizes", nargs="+", default=["tiny", "gpt2-small"], choices=["tiny", "gpt2-small"])
-    parser.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="smoke check: 1 step, GPT-2 small cut to 2 layers")
-    parser.add_argument("--write", default=None, help="update this Markdown file's section")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child is not None:
-        print(json.dumps(run_child(json.loads(args.child))))
+    args = parse_args(parser, default_threads=0)
+    if answer_child(args, dict.fromkeys(MODES, _round_in_this_process)):
         return
     if args.quick and args.write:
         parser.error("--quick numbers mean nothing; run without --quick to --write them")
-
-    from benchmarks.common import publish
 
     specs = _specs(args)
     lines = [
@@ -308,7 +285,8 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
         for _ in range(args.repeats):
             for mode in MODES:  # alternated, so drift in the machine's state hits all alike
-                runs[mode].append(_measure({**spec, "size": size, "mode": mode, "threads": args.threads}))
+                child = {**spec, "size": size, "mode": mode}
+                runs[mode].append(run_child("benchmarks.memory", child, args.threads, MALLOC_ENV))
                 print(f"{size} {mode}: round peak {_mib(runs[mode][-1]['round_peak'])} MiB", file=sys.stderr)
         lines += [*_report(size, spec, runs, args.quick), ""]
     publish("Peak memory of a round: ours vs dense vs torch.nn.utils.prune", lines[:-1], args.write)

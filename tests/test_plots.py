@@ -18,6 +18,7 @@ from gpt_tickets.cli import main
 from gpt_tickets.config import load_config
 from gpt_tickets.lottery import find_ticket, run_branch
 from gpt_tickets.lottery.combine import prepare, report
+from gpt_tickets.lottery.report_plots import legend_label
 from gpt_tickets.lottery.results import BranchResult, RoundResult
 from gpt_tickets.lottery.stability import STABLE_BARRIER, InterpolationResult, loss_barrier
 from gpt_tickets.reporting.plots import (
@@ -214,6 +215,7 @@ def test_legend_and_tick_labels_cover_nothing(full_run, tmp_path):
         figure.draw(renderer)
         for legend in figure.legends:
             box = legend.get_window_extent(renderer)
+            assert 0 <= box.x0 and box.x1 <= figure.bbox.width, plot.file  # not cut off at the figure's edges
             assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in figure.axes), plot.file
             titles = [ax.title.get_window_extent(renderer) for ax in figure.axes if ax.get_title()]
             assert not any(box.overlaps(title) for title in titles), plot.file
@@ -403,15 +405,70 @@ def test_one_shot_baselines_at_every_round_are_a_series_and_their_masks_are_comp
     plots = plots_of([run], tmp_path)
     series = errorbars(plots[PerplexityPlot].figure().axes[0])
     as_is = sorted(plain, key=lambda b: b.round)
-    assert xy(series["oneshot_magnitude (finetune 0)"]) == (
+    assert xy(series["oneshot_magnitude"]) == (
         [remaining(b.sparsity) for b in as_is],
         [b.val_perplexity for b in as_is],
     )
     assert xy(series["oneshot_magnitude (finetune 1)"]) == ([remaining(tuned[0].sparsity)], [tuned[0].val_perplexity])
     overlap = dict(bars(plots[OverlapPlot].figure().axes[1]))
     ticket = round_mask(run, 2)
-    for label, result in (("oneshot_magnitude (finetune 0)", as_is[-1]), ("oneshot_magnitude (finetune 1)", tuned[0])):
+    for label, result in (("oneshot_magnitude", as_is[-1]), ("oneshot_magnitude (finetune 1)", tuned[0])):
         folder = run / "branches" / "oneshot_magnitude" / "-".join(f"{k}_{v}" for k, v in result.params.items())
         files = (folder / "mask.safetensors", folder / "segment_0" / "mask.safetensors")
         mask = Mask.load(next(p for p in files if p.is_file()))
         assert overlap[label] == jaccard_by_hand(ticket, mask)
+
+
+def _branch(branch: str, **params: object) -> BranchResult:
+    measured = dict.fromkeys(("sparsity", "attention_sparsity", "mlp_sparsity", "val_perplexity", "val_nll"), 0.5)
+    return BranchResult(
+        round=5,
+        branch=branch,
+        params={"round": 5, "seed": 1, **params},
+        train_steps=0,
+        final_train_loss=0.0,
+        wall_seconds=0.0,
+        per_layer_sparsity={},
+        mask_checksum="",
+        **measured,
+    )
+
+
+def test_legend_labels_name_only_the_parameters_off_their_default():
+    """The tables name every parameter; the legend names what tells the baselines apart."""
+    assert legend_label(_branch("wanda", finetune=0, calibration_blocks=128)) == "wanda"
+    row = _branch("wanda", finetune=5, compare="row", calibration_blocks=128)
+    assert legend_label(row) == "wanda (finetune 5, compare row)"
+    assert legend_label(_branch("oneshot_magnitude", finetune=0)) == "oneshot_magnitude"
+    assert legend_label(_branch("random_prune")) == "random_prune"
+    assert legend_label(_branch("rewind_step", rewind=0)) == "rewind_step (rewind 0)"  # a required parameter
+    assert legend_label(_branch("no_such_branch", depth=3)) == "no_such_branch (depth 3)"  # every parameter
+
+
+def test_a_legend_of_eight_baselines_fits_the_figure():
+    """The embedded default's baselines (with its fine-tuned ones), in its report's order: long labels in both of
+    the legend's columns once ran past both edges of the figure."""
+    labels = [
+        legend_label(_branch(b, **p))
+        for b, p in (
+            ("oneshot_magnitude", {"finetune": 0}),
+            ("wanda", {"finetune": 0, "calibration_blocks": 128}),
+            ("wanda", {"finetune": 0, "compare": "row", "calibration_blocks": 128}),
+            ("oneshot_magnitude", {"finetune": 5}),
+            ("random_prune", {}),
+            ("random_reinit", {}),
+            ("wanda", {"finetune": 5, "calibration_blocks": 128}),
+            ("wanda", {"finetune": 5, "compare": "row", "calibration_blocks": 128}),
+        )
+    ]
+    points = (Point(80.0, Spread((200.0,))), Point(64.0, Spread((210.0, 220.0))))
+    ticket = Series("ticket (IMP rounds)", points)
+    dense_long = Series("dense trained as long as the ticket (dense_long)", points)
+    plot = PerplexityPlot(ticket, Spread((221.0,)), dense_long, tuple(Series(label, points) for label in labels))
+    figure = plot.figure()
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    (legend,) = figure.legends
+    box = legend.get_window_extent(renderer)
+    assert 0 <= box.x0 and box.x1 <= figure.bbox.width
+    assert [t.get_text() for t in legend.get_texts()][-len(labels) :] == labels

@@ -449,6 +449,7 @@ class RunConfig:
             "random_prune",
             {"oneshot_magnitude": {"rounds": "all"}},
             {"wanda": {"rounds": "all"}},
+            {"wanda": {"rounds": "all", "compare": "row"}},
         ],
         metadata={
             "help": "branches run on the final round at the end of find, each at every control seed: a name, or "

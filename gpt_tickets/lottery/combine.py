@@ -19,7 +19,7 @@ from ..io import atomic_write_bytes, atomic_write_text
 from ..reporting.plots import Heatmap, OverlapPlot, PerplexityPlot, PlotData, StabilityPlot, note, png_bytes
 from ..reporting.summary import Report, Sample, render_markdown, summarize
 from ..sparsity.masks import Mask, mask_checksum
-from .report_plots import gather
+from .report_plots import gather, legend_label
 from .results import BranchResult, RoundResult
 from .run_dir import RunDir
 from .stability import InterpolationResult, read_interpolations
@@ -71,7 +71,7 @@ class FinishedRun:
             mask = Mask.load(path)
             if mask_checksum(mask) != result.mask_checksum:
                 raise RunError(f"{path} is not the mask its branch finished with")
-            masks.append((branch_group(result), mask))
+            masks.append((legend_label(result), mask))
         return masks
 
     @property

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import RunError
+from ..errors import ConfigError, RunError
 from ..models.families import PRUNABLE_PATTERNS, classify
 from ..reporting.plots import (
     Bar,
@@ -31,6 +31,7 @@ from ..reporting.plots import (
 from ..reporting.summary import Group, Report
 from ..sparsity.masks import Mask
 from ..sparsity.report import sparsity_report, weight_kind
+from .branches.registry import get_branch
 from .results import BranchResult
 from .stability import STABLE_BARRIER, InterpolationResult, recommend
 
@@ -79,6 +80,7 @@ def perplexity_plot(summary: Report) -> PerplexityPlot | None:
     if not rounds:
         return None
     dense_long_groups = {s.group for s in summary.samples if _is_branch(s.result, DENSE_LONG)}
+    legend = {s.group: legend_label(s.result) for s in summary.samples if isinstance(s.result, BranchResult)}
     baselines: dict[str, list[Point]] = {}
     for g in summary.groups:
         if g.name not in ROUND_GROUPS and g.name not in dense_long_groups:
@@ -87,8 +89,23 @@ def perplexity_plot(summary: Report) -> PerplexityPlot | None:
         ticket=Series("ticket (IMP rounds)", tuple(_point(g) for g in rounds.values())),
         dense=Spread(rounds[0].perplexities) if 0 in rounds else None,
         dense_long=_dense_long(summary, rounds),
-        baselines=tuple(Series(name, tuple(points)) for name, points in baselines.items()),
+        baselines=tuple(Series(legend.get(name, name), tuple(points)) for name, points in baselines.items()),
     )
+
+
+def legend_label(result: BranchResult) -> str:
+    """A branch group's legend entry: its name and the parameters not at their branch's default (the tables name
+    them all), so a legend of many baselines fits the figure: ``wanda (compare row)``, ``oneshot_magnitude``."""
+    try:
+        defaults = {f.name: f.default for f in dataclasses.fields(get_branch(result.branch).Params)}
+    except ConfigError:  # a branch this version does not know: every parameter
+        defaults = {}
+    shown = [
+        f"{k} {v}"
+        for k, v in result.params.items()
+        if k not in ("round", "seed") and defaults.get(k, dataclasses.MISSING) != v
+    ]
+    return f"{result.branch} ({', '.join(shown)})" if shown else result.branch
 
 
 def _point(group: Group) -> Point:
