@@ -100,8 +100,7 @@ def _without_seed(params: dict[str, Any]) -> dict[str, Any]:
 
 def branch_group(result: BranchResult) -> str:
     """What a branch result is a sample of: its name and parameters but its round and seed."""
-    extra = ", ".join(f"{k} {v}" for k, v in _without_seed(result.params).items())
-    return f"{result.branch} ({extra})" if extra else result.branch
+    return result.named(lambda k, _: k not in ("round", "seed"))
 
 
 def _compared(cfg: RunConfig) -> dict[str, Any]:

@@ -100,12 +100,7 @@ def legend_label(result: BranchResult) -> str:
         defaults = {f.name: f.default for f in dataclasses.fields(get_branch(result.branch).Params)}
     except ConfigError:  # a branch this version does not know: every parameter
         defaults = {}
-    shown = [
-        f"{k} {v}"
-        for k, v in result.params.items()
-        if k not in ("round", "seed") and defaults.get(k, dataclasses.MISSING) != v
-    ]
-    return f"{result.branch} ({', '.join(shown)})" if shown else result.branch
+    return result.named(lambda k, v: k not in ("round", "seed") and defaults.get(k, dataclasses.MISSING) != v)
 
 
 def _point(group: Group) -> Point:

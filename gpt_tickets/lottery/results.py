@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -134,7 +135,11 @@ class BranchResult(PhaseResult):
     def label(self) -> str:
         """Its name and parameters but its round (a column of its own), and its seed only where it is ``seeded``."""
         hidden = ("round",) if self.seeded else ("round", "seed")
-        extra = ", ".join(f"{k} {v}" for k, v in self.params.items() if k not in hidden)
+        return self.named(lambda k, _: k not in hidden)
+
+    def named(self, shown: Callable[[str, Any], bool]) -> str:
+        """Its name and the parameters ``shown(name, value)`` keeps: ``wanda (finetune 5, compare row)``."""
+        extra = ", ".join(f"{k} {v}" for k, v in self.params.items() if shown(k, v))
         return f"{self.branch} ({extra})" if extra else self.branch
 
 

@@ -40,13 +40,13 @@ def group_cap(n: int, m: int, round: int, rounds: int) -> int:
     return m - round * (m - n) // rounds
 
 
-def _grouped(tensor: torch.Tensor, dim: int, m: int) -> torch.Tensor:
+def grouped(tensor: torch.Tensor, dim: int, m: int) -> torch.Tensor:
     """``tensor`` as [groups, m]: ``dim`` moved last and cut in runs of m, so a unit's groups follow each other."""
     return tensor.movedim(dim, -1).reshape(-1, m)
 
 
-def _ungrouped(groups: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:
-    """Inverse of ``_grouped``: back to ``shape`` (contiguous)."""
+def ungrouped(groups: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:
+    """Inverse of ``grouped``: back to ``shape`` (contiguous)."""
     moved = [*shape[:dim], *shape[dim + 1 :], shape[dim]]
     return groups.reshape(moved).movedim(-1, dim).contiguous()
 
@@ -70,14 +70,14 @@ def _caps(sorted_scores: torch.Tensor, previous_counts: torch.Tensor, target: in
 @torch.no_grad()
 def _prune_weight(weight: torch.Tensor, keep: torch.Tensor, dim: int, m: int, target: int) -> torch.Tensor:
     """One weight's new mask (on CPU): ``target`` entries in all, floor or ceil of its mean per group."""
-    kept = _grouped(keep.to(weight.device), dim, m)
-    scores = _grouped(weight.detach().float().abs(), dim, m).masked_fill(~kept, float("-inf"))
+    kept = grouped(keep.to(weight.device), dim, m)
+    scores = grouped(weight.detach().float().abs(), dim, m).masked_fill(~kept, float("-inf"))
     # Each entry's place in its group, 0 the largest; equal scores put the lower index first (a stable sort).
     sorted_scores, order = torch.sort(scores, dim=-1, descending=True, stable=True)
     ranks = order.argsort(dim=-1)
     counts = kept.sum(-1)
     allowed = torch.minimum(counts, _caps(sorted_scores, counts, target))
-    return _ungrouped(ranks < allowed[:, None], keep.shape, dim).cpu()
+    return ungrouped(ranks < allowed[:, None], keep.shape, dim).cpu()
 
 
 def first_indivisible(weights: Mapping[str, torch.Tensor], model_type: str, m: int) -> tuple[str, int] | None:
@@ -142,7 +142,7 @@ def first_nm_violation(mask: Mask, model_type: str, n: int, m: int) -> str | Non
         return indivisible
     for name, keep in mask.items():
         dim = dims[name]
-        counts = _grouped(keep, dim, m).sum(-1)
+        counts = grouped(keep, dim, m).sum(-1)
         over = (counts > n).nonzero()
         if len(over):
             group = int(over[0])
@@ -166,8 +166,8 @@ def random_groups_like(mask: Mask, model_type: str, m: int, seed: int) -> Mask:
     randomized = Mask()
     for name, keep in mask.items():
         dim = input_dim(model_type, name)
-        groups = _grouped(keep.cpu(), dim, m)
+        groups = grouped(keep.cpu(), dim, m)
         # A uniformly random order of each group's positions; its first ``count`` positions survive.
         ranks = torch.rand(groups.shape, generator=generator).argsort(dim=-1).argsort(dim=-1)
-        randomized[name] = _ungrouped(ranks < groups.sum(-1, keepdim=True), keep.shape, dim)
+        randomized[name] = ungrouped(ranks < groups.sum(-1, keepdim=True), keep.shape, dim)
     return randomized

@@ -24,7 +24,7 @@ import torch
 from ..config.schema import SCOPES
 from ..models.families import input_dim
 from .masks import Mask
-from .nm import _grouped, _ungrouped
+from .nm import grouped, ungrouped
 from .report import weight_group
 from .scores import Score, magnitude
 
@@ -225,12 +225,12 @@ def _prune_row_by_row(bits: torch.Tensor, dim: int, count: int) -> torch.Tensor:
     """One matrix's mask with ``count`` entries pruned: floor(count / rows) in every row, one more in each of the
     first count mod rows rows (output units in index order), the lowest score first within a row, ties to the
     lower input index. A row is an output unit's incoming weights: the entries along the input dimension ``dim``."""
-    rows = _grouped(bits, dim, bits.shape[dim])  # [output units, inputs]
+    rows = grouped(bits, dim, bits.shape[dim])  # [output units, inputs]
     base, extra = divmod(count, rows.shape[0])
     per_row = torch.full((rows.shape[0], 1), base, dtype=torch.long, device=bits.device)
     per_row[:extra] += 1
     ranks = rows.argsort(dim=-1, stable=True).argsort(dim=-1)  # each entry's place in its row, 0 the lowest
-    return _ungrouped(ranks >= per_row, bits.shape, dim)
+    return ungrouped(ranks >= per_row, bits.shape, dim)
 
 
 @torch.no_grad()

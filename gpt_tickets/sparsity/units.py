@@ -77,10 +77,10 @@ def _per_unit(tensor: torch.Tensor, layout: UnitLayout, part: UnitPart, axis: in
     return block.reshape(layout.count, -1)
 
 
-def unit_coverage(mask: Mask, layout: UnitLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """[layers, units] bool twice: the units of ``layout`` the mask keeps whole, and those it keeps any entry of
-    (equal for a unit mask). A weight absent from the mask keeps every entry; a bias counts only where masked (a
-    removed unit's output is zero whatever its bias adds before it)."""
+def surviving_units(mask: Mask, layout: UnitLayout, unit: str | None = None) -> torch.Tensor:
+    """[layers, units] bool: which units of ``layout`` the mask keeps. A weight absent from the mask keeps every
+    entry; a bias counts only where masked (a removed unit's output is zero whatever its bias adds before it). A
+    ValueError when a unit is partly masked (the mask is not a unit mask), naming it ``unit`` (default: the kind)."""
     whole = torch.ones(layout.layers, layout.count, dtype=torch.bool)
     some = torch.zeros_like(whole)
     for layer, part, name, axis in _unit_entries(layout, mask):
@@ -90,16 +90,10 @@ def unit_coverage(mask: Mask, layout: UnitLayout) -> tuple[torch.Tensor, torch.T
         entries = _per_unit(mask[name], layout, part, axis)
         whole[layer] &= entries.all(1)
         some[layer] |= entries.any(1)
-    return whole, some
-
-
-def surviving_units(mask: Mask, layout: UnitLayout) -> torch.Tensor:
-    """[layers, units] bool: which units of ``layout`` the mask keeps. A ValueError when a unit is partly masked
-    (the mask is not a unit mask)."""
-    whole, some = unit_coverage(mask, layout)
     if not torch.equal(whole, some):
-        layer, unit = (whole != some).nonzero()[0].tolist()
-        raise ValueError(f"{layout.kind[:-1]} {unit} of layer {layer} is partly masked; the mask is not a unit mask")
+        layer, index = (whole != some).nonzero()[0].tolist()
+        name = unit or layout.kind[:-1]
+        raise ValueError(f"{name} {index} of layer {layer} is partly masked; the mask is not a unit mask")
     return whole
 
 

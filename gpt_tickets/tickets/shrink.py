@@ -34,7 +34,7 @@ from ..quiet import library_bars_off
 from ..reporting.tables import markdown_table
 from ..sparsity.apply import detach_masks
 from ..sparsity.masks import Mask, first_stray_weight
-from ..sparsity.units import kept_positions, mask_without_units, unit_coverage, unit_parameters
+from ..sparsity.units import kept_positions, mask_without_units, surviving_units, unit_parameters
 from .format import TicketConfig
 from .load import load_ticket, load_ticket_tokenizer, ticket_folder
 
@@ -123,14 +123,12 @@ def _family(model_type: str) -> Shrinkable:
 
 def _wholly_masked(mask: Mask, layout: UnitLayout, label: str) -> torch.Tensor:
     """[layers, units] bool: the units the mask keeps nothing of; a partly masked unit is one ConfigError line."""
-    whole, some = unit_coverage(mask, layout)
-    if not torch.equal(whole, some):
-        layer, unit = (whole != some).nonzero()[0].tolist()
+    try:
+        return ~surviving_units(mask, layout, label[:-1])
+    except ValueError as err:
         raise ConfigError(
-            f"{label[:-1]} {unit} of layer {layer} is partly masked: shrink removes only whole units "
-            f"(a mask of single weights exports as dense: export.format dense)"
-        )
-    return ~some
+            f"{err}: shrink removes only whole units (a mask of single weights exports as dense: export.format dense)"
+        ) from None
 
 
 def _check_only_units(mask: Mask, masked: dict[UnitLayout, torch.Tensor]) -> None:

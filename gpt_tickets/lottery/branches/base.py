@@ -43,8 +43,8 @@ class BranchParams:
             raise ConfigError(f"seed={self.seed} is not allowed; choose 0..{MAX_BRANCH_SEED}")
 
     def key(self) -> str:
-        """The folder name: every parameter, in order (``round_5-seed_1``)."""
-        return "-".join(f"{f.name}_{getattr(self, f.name)}" for f in dataclasses.fields(self))
+        """The folder name: every parameter ``to_dict`` names, in order (``round_5-seed_1``)."""
+        return "-".join(f"{name}_{value}" for name, value in self.to_dict().items())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -69,15 +69,12 @@ class OneShotParams(BranchParams):
         one_of("compare", self.compare, COMPARES)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every parameter, but ``compare`` only when it is not pool: runs made before it existed did not name it."""
+        """Every parameter, but ``compare`` only when it is not pool: runs made before it existed did not name it
+        (in their results or, through ``key``, their folders)."""
         params = super().to_dict()
         if self.compare == "pool":
             del params["compare"]
         return params
-
-    def key(self) -> str:
-        """The folder name, from ``to_dict``: a pool branch keeps the folder it had before ``compare`` existed."""
-        return "-".join(f"{name}_{value}" for name, value in self.to_dict().items())
 
 
 @dataclass(frozen=True)
