@@ -379,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    started_before = _process_group_started()
     try:
         if rest and not getattr(args, "takes_overrides", False):  # find: config overrides; branch: its parameters
             raise ConfigError(f"unrecognized arguments for {args.command}: {' '.join(rest)}")
@@ -386,6 +387,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError, TicketError) as err:
         print(f"gpt-tickets: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if not started_before and _process_group_started():
+            _end_process_group()
+
+
+def _process_group_started() -> bool:
+    """Whether torch.distributed has a process group (without importing torch for ``--help``)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def _end_process_group() -> None:
+    """End the process group a command started (Accelerate starts one under torchrun / accelerate launch) while
+    the interpreter is alive: gloo's worker threads still running at interpreter exit abort the process
+    ("terminate called without an active exception", SIGABRT; seen once in CI after a two-process eval)."""
+    sys.modules["torch.distributed"].destroy_process_group()
 
 
 if __name__ == "__main__":

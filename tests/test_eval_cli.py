@@ -124,7 +124,8 @@ def launched(paths: dict[str, str]) -> dict[str, subprocess.CompletedProcess[str
     cli = [sys.executable, "-m", "gpt_tickets.cli", "eval"]
     # torch.distributed.run, not `accelerate launch --cpu --num_processes 2` (which silently runs one process).
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
-    commands = {"two_processes": [*torchrun, "gpt_tickets.cli", "eval", "--json", *_fill(TWO_PROCESS_ARGS, paths)]}
+    two = [*torchrun, "tests.cli_in_process_group", "eval", "--json", *_fill(TWO_PROCESS_ARGS, paths)]
+    commands = {"two_processes": two}
     commands |= {name: cli + _fill(args, paths) for name, (args, _) in BAD_INPUTS.items()}
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
@@ -249,6 +250,8 @@ def test_two_processes_equal_one(
 ) -> None:
     run = launched["two_processes"]
     assert run.returncode == 0, run.stderr[-3000:]
+    # Each worker ended the process group its command started, before interpreter exit (gloo aborts otherwise).
+    assert run.stderr.count("process group after main: ended") == 2, run.stderr[-3000:]
     two = json.loads(run.stdout)  # only the main process printed: a second JSON document would not parse
     one = json.loads(_run(["--json", *_fill(TWO_PROCESS_ARGS, paths)], capsys))
     assert two["num_processes"] == 2 and one["num_processes"] == 1
